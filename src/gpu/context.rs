@@ -1,0 +1,240 @@
+//! The GPU device and what it can do. Capabilities are decided once here ([`Caps`]) and passed down, so no
+//! kernel or planner code branches on features ad hoc.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// Which adapter to use.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// Substring of the adapter name, or its index in [`list_adapters`] order; `None` = the first high-performance one.
+    pub adapter: Option<String>,
+    /// Disable subgroup kernels even where the adapter has them (tests the workgroup-memory fallback).
+    pub no_subgroups: bool,
+}
+
+/// Decided capabilities of the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    /// Fixed subgroup size when subgroup operations are used; `None` = workgroup-memory reductions.
+    pub subgroup_size: Option<u32>,
+    pub timestamps: bool,
+    pub max_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_storage: u32,
+}
+
+/// Device, queue and capabilities.
+pub struct Gpu {
+    pub adapter_info: wgpu::AdapterInfo,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub caps: Caps,
+}
+
+/// Names of the adapters wgpu finds, in selection order.
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+impl Gpu {
+    pub fn new(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapter = match &opts.adapter {
+            Some(sel) => {
+                let by_index = sel.parse::<usize>().ok().and_then(|i| adapters.get(i));
+                by_index
+                    .or_else(|| {
+                        adapters
+                            .iter()
+                            .find(|a| a.get_info().name.to_lowercase().contains(&sel.to_lowercase()))
+                    })
+                    .cloned()
+                    .ok_or_else(|| Error::NoAdapter {
+                        reason: format!(
+                            "no adapter matches `{sel}`; found: {}",
+                            adapters
+                                .iter()
+                                .map(|a| a.get_info().name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })?
+            }
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| Error::NoAdapter {
+                reason: format!(
+                    "{e}; on a machine without a GPU install Mesa's software Vulkan (Debian: mesa-vulkan-drivers)"
+                ),
+            })?,
+        };
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let mut required = wgpu::Features::empty();
+        let fixed_subgroup = info.subgroup_min_size == info.subgroup_max_size;
+        let subgroup_size = if features.contains(wgpu::Features::SUBGROUP) && fixed_subgroup && !opts.no_subgroups
+        {
+            required |= wgpu::Features::SUBGROUP;
+            Some(info.subgroup_min_size)
+        } else {
+            None
+        };
+        let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        if timestamps {
+            required |= wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        }
+        // wgpu's defaults are lower than real adapters allow: ask for what the adapter has.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgptq"),
+            required_features: required,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::NoAdapter {
+            reason: format!("request_device on {}: {e}", info.name),
+        })?;
+        let caps = Caps {
+            subgroup_size,
+            timestamps,
+            max_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+        };
+        tracing::info!(adapter = %info.name, backend = ?info.backend, driver = %info.driver_info, ?caps, "GPU selected");
+        Ok(Arc::new(Gpu {
+            adapter_info: info,
+            device,
+            queue,
+            caps,
+        }))
+    }
+
+    /// A storage buffer initialised from `data` (COPY_SRC/DST too, for readback and updates).
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_binding(label, data.len() as u64)?;
+        // Zero-length bindings are invalid; keep at least one word.
+        let padded;
+        let contents = if data.len() < 16 {
+            padded = {
+                let mut v = data.to_vec();
+                v.resize(16, 0);
+                v
+            };
+            &padded[..]
+        } else {
+            data
+        };
+        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        }))
+    }
+
+    /// An uninitialised (zeroed by wgpu) storage buffer of `size` bytes.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.check_binding(label, size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A uniform buffer initialised from `data`.
+    pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: data,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    fn check_binding(&self, what: &str, size: u64) -> Result<()> {
+        if size > self.caps.max_binding_size {
+            return Err(Error::DeviceLimit {
+                what: format!("buffer `{what}`"),
+                needed: size,
+                limit: self.caps.max_binding_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies `size` bytes of `buffer` from `offset` to the host (blocking).
+    pub fn read(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        self.map_and_read(&staging, size)
+    }
+
+    /// Maps an already-filled MAP_READ buffer and copies its first `size` bytes out.
+    pub fn map_and_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                op: "readback".into(),
+                reason: e.to_string(),
+            })?;
+        rx.recv()
+            .map_err(|e| Error::Gpu {
+                op: "readback".into(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| Error::Gpu {
+                op: "readback".into(),
+                reason: e.to_string(),
+            })?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu {
+                op: "readback".into(),
+                reason: e.to_string(),
+            })?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Runs `f` inside a validation error scope and turns a captured wgpu error into [`Error::Gpu`].
+    pub fn scoped<T>(&self, op: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let guard = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        match pollster::block_on(guard.pop()) {
+            Some(e) => Err(Error::Gpu {
+                op: op.into(),
+                reason: e.to_string(),
+            }),
+            None => Ok(out),
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Builders for the non-linear ops (embedding, norm, RoPE + KV write, attention, SiLU·mul, argmax, stream).
+//! Each mirrors its shader's `Params` block and binding list; shapes are checked here, on the host.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::ops::{make_key, Dispatch, Pipelines};
+use super::shader::KernelKey;
+use super::shader::Kernel;
+use crate::error::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct P4 {
+    a: u32,
+    b: u32,
+    c: u32,
+    d: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    n: u32,
+    eps: f32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttnParams {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    slots: u32,
+    window: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+const EW_WG: u32 = 64;
+const ROW_WG: u32 = 256;
+
+/// tokens [cap] → x [cap, hidden]; one dispatch per embedding chunk (row_start, rows, buffer).
+pub fn embed(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    tokens: &wgpu::Buffer,
+    chunks: &[(wgpu::Buffer, usize, usize)],
+    x: &wgpu::Buffer,
+    hidden: u32,
+    capacity: u32,
+) -> Result<Vec<Dispatch>> {
+    let key = pipes.key(Kernel::Embed, EW_WG, &[]);
+    chunks
+        .iter()
+        .map(|(buf, r0, rows)| {
+            pipes.dispatch(
+                key.clone(),
+                &P4 {
+                    a: hidden,
+                    b: *r0 as u32,
+                    c: *rows as u32,
+                    d: 0,
+                },
+                step,
+                &[tokens, buf, x],
+                [(hidden / 2).div_ceil(EW_WG), capacity, 1],
+                (hidden * 2 + hidden * 4) as u64,
+            )
+        })
+        .collect()
+}
+
+/// x [cap, n] → y [cap, n] = rmsnorm(x) * weight.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    weight: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    n: u32,
+    eps: f32,
+    capacity: u32,
+) -> Result<Dispatch> {
+    pipes.dispatch(
+        pipes.key(Kernel::RmsNorm, ROW_WG, &[]),
+        &NormParams { n, eps, _pad: [0; 2] },
+        step,
+        &[x, weight, y],
+        [capacity, 1, 1],
+        (n * 12) as u64,
+    )
+}
+
+/// Attention geometry shared by RoPE and attention.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_heads: u32,
+    pub n_kv: u32,
+    pub head_dim: u32,
+    /// KV cache slots (slot = pos % slots).
+    pub slots: u32,
+    /// Sliding window, 0 = none.
+    pub window: u32,
+}
+
+impl AttnShape {
+    pub fn check(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::InvalidArgument {
+                name: "attention shape".into(),
+                value: format!("{self:?}"),
+                reason,
+            })
+        };
+        if self.head_dim % 4 != 0 || self.head_dim > 256 || self.head_dim == 0 {
+            return bad("head_dim must be a multiple of 4 and at most 256".into());
+        }
+        if self.n_kv == 0 || self.n_heads % self.n_kv != 0 {
+            return bad("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        Ok(())
+    }
+}
+
+/// qkv [cap, (H + 2 KV) d] → q [cap, H d] (rotated), k/v caches at slot pos % slots.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    qkv: &wgpu::Buffer,
+    rope_table: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    s: AttnShape,
+    capacity: u32,
+) -> Result<Dispatch> {
+    s.check()?;
+    let threads = (s.n_heads + 2 * s.n_kv) * (s.head_dim / 4);
+    pipes.dispatch(
+        pipes.key(Kernel::Rope, EW_WG, &[]),
+        &P4 {
+            a: s.n_heads,
+            b: s.n_kv,
+            c: s.head_dim,
+            d: s.slots,
+        },
+        step,
+        &[qkv, rope_table, q, k_cache, v_cache],
+        [threads.div_ceil(EW_WG), capacity, 1],
+        ((s.n_heads + 2 * s.n_kv) * s.head_dim * 4 + (s.n_heads * 4 + s.n_kv * 4) * s.head_dim) as u64,
+    )
+}
+
+/// Attention workgroup size (keys per block).
+pub const ATTN_WG: u32 = 64;
+
+/// q [cap, H d], caches → out [cap, H d].
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    s: AttnShape,
+    capacity: u32,
+    kv_len_hint: u32,
+) -> Result<Dispatch> {
+    s.check()?;
+    let dpt = s.head_dim.div_ceil(ATTN_WG);
+    pipes.dispatch(
+        pipes.key(Kernel::Attention, ATTN_WG, &[("DPT", dpt)]),
+        &AttnParams {
+            n_heads: s.n_heads,
+            n_kv: s.n_kv,
+            head_dim: s.head_dim,
+            slots: s.slots,
+            window: s.window,
+            scale: 1.0 / (s.head_dim as f32).sqrt(),
+            _pad: [0; 2],
+        },
+        step,
+        &[q, k_cache, v_cache, out],
+        [s.n_heads, capacity, 1],
+        (kv_len_hint * s.n_kv * s.head_dim * 4) as u64,
+    )
+}
+
+/// gate_up [cap, 2 I] → act [cap, I].
+pub fn silu_mul(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    gate_up: &wgpu::Buffer,
+    act: &wgpu::Buffer,
+    inter: u32,
+    capacity: u32,
+) -> Result<Dispatch> {
+    pipes.dispatch(
+        pipes.key(Kernel::SiluMul, EW_WG, &[]),
+        &P4 {
+            a: inter,
+            b: 0,
+            c: 0,
+            d: 0,
+        },
+        step,
+        &[gate_up, act],
+        [inter.div_ceil(EW_WG), capacity, 1],
+        (inter * 12) as u64,
+    )
+}
+
+/// logits [1, vocab] → tokens[0] and out[out_index].
+pub fn argmax(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+    tokens: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    vocab: u32,
+    out_index: u32,
+) -> Result<Dispatch> {
+    pipes.dispatch(
+        pipes.key(Kernel::Argmax, ROW_WG, &[]),
+        &P4 {
+            a: vocab,
+            b: out_index,
+            c: 0,
+            d: 0,
+        },
+        step,
+        &[logits, tokens, out],
+        [1, 1, 1],
+        (vocab * 4) as u64,
+    )
+}
+
+/// Streaming read of `src` (bandwidth ceiling); `threads` must be a multiple of 256.
+pub fn stream(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    n_vec4: u32,
+    threads: u32,
+) -> Result<Dispatch> {
+    let wg = 256;
+    let groups = threads / wg;
+    let (gx, gy) = if groups > 65535 { (65535, groups.div_ceil(65535)) } else { (groups, 1) };
+    pipes.dispatch(
+        pipes.key(Kernel::Stream, wg, &[]),
+        &P4 {
+            a: n_vec4,
+            b: gx * gy * wg,
+            c: 0,
+            d: 0,
+        },
+        step,
+        &[src, dst],
+        [gx, gy, 1],
+        n_vec4 as u64 * 16,
+    )
+}
+
+/// Every variant the builders of this module can produce.
+pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
+    let mut v = vec![
+        make_key(Kernel::Embed, EW_WG, sg, &[]),
+        make_key(Kernel::RmsNorm, ROW_WG, sg, &[]),
+        make_key(Kernel::Rope, EW_WG, sg, &[]),
+        make_key(Kernel::SiluMul, EW_WG, sg, &[]),
+        make_key(Kernel::Argmax, ROW_WG, sg, &[]),
+        make_key(Kernel::Stream, 256, sg, &[]),
+    ];
+    for dpt in 1..=256u32.div_ceil(ATTN_WG) {
+        v.push(make_key(Kernel::Attention, ATTN_WG, sg, &[("DPT", dpt)]));
+    }
+    v
+}

@@ -1,0 +1,224 @@
+//! One builder per graph op: given buffers and shapes, it fixes the specialised kernel, its parameter block and
+//! bind group, and the workgroup grid, returning a [`Dispatch`] to replay every step. The planner and the
+//! kernel tests both build ops through here, so what is tested is what runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytemuck::{Pod, Zeroable};
+
+use super::context::Gpu;
+use super::shader::{Binding, Kernel, KernelKey};
+use crate::error::{Error, Result};
+
+/// Host mirror of `struct Step` in shaders/common.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct StepParams {
+    pub n_tokens: u32,
+    pub pos0: u32,
+    pub logits_row: u32,
+    pub _pad: u32,
+}
+
+/// A kernel key with the defines every kernel gets: workgroup size and the subgroup choice. Pure, so the
+/// no-GPU tests can enumerate exactly the keys the planner produces.
+pub fn make_key(kernel: Kernel, wg: u32, subgroup: Option<u32>, extra: &[(&'static str, u32)]) -> KernelKey {
+    let mut key = KernelKey::new(kernel, extra);
+    key.defines.insert("WG", wg);
+    // Subgroup reductions need whole subgroups inside the workgroup.
+    let sg = subgroup.filter(|&s| s > 0 && wg % s == 0 && wg >= s);
+    key.defines.insert("SUBGROUP", sg.is_some() as u32);
+    key.defines.insert("SG_SIZE", sg.unwrap_or(1));
+    key
+}
+
+/// A compiled kernel: its bind group layout and pipeline.
+pub struct Compiled {
+    pub layout: wgpu::BindGroupLayout,
+    pub pipeline: wgpu::ComputePipeline,
+}
+
+/// Pipeline cache keyed by [`KernelKey`]; every kernel is compiled at load/plan time, never per token.
+pub struct Pipelines {
+    pub gpu: Arc<Gpu>,
+    cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
+}
+
+impl Pipelines {
+    pub fn new(gpu: Arc<Gpu>) -> Self {
+        Pipelines {
+            gpu,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key for `kernel` on this device (see [`make_key`]).
+    pub fn key(&self, kernel: Kernel, wg: u32, extra: &[(&'static str, u32)]) -> KernelKey {
+        make_key(kernel, wg, self.gpu.caps.subgroup_size, extra)
+    }
+
+    pub fn get(&self, key: &KernelKey) -> Result<Arc<Compiled>> {
+        let mut cache = self.cache.lock().map_err(|_| Error::Gpu {
+            op: "pipeline cache".into(),
+            reason: "poisoned lock".into(),
+        })?;
+        if let Some(c) = cache.get(key) {
+            return Ok(c.clone());
+        }
+        let src = key.source()?;
+        let label = key.label();
+        let device = &self.gpu.device;
+        let compiled = self.gpu.scoped(&label, || {
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+                .kernel
+                .bindings()
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: match b {
+                            Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                            Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
+                            Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    // Kernels initialise the workgroup memory they read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+            Compiled { layout, pipeline }
+        })?;
+        let compiled = Arc::new(compiled);
+        cache.insert(key.clone(), compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Builds a dispatch: kernel `key`, parameter block `params`, the step uniform, then `buffers` in binding
+    /// order from binding 2.
+    pub fn dispatch<P: Pod>(
+        &self,
+        key: KernelKey,
+        params: &P,
+        step: &wgpu::Buffer,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+        bytes: u64,
+    ) -> Result<Dispatch> {
+        let compiled = self.get(&key)?;
+        let label = key.label();
+        let want = key.kernel.bindings().len();
+        if buffers.len() + 2 != want {
+            return Err(Error::Gpu {
+                op: label,
+                reason: format!("{} buffers bound, kernel has {} bindings", buffers.len() + 2, want),
+            });
+        }
+        let max_groups = self.gpu.device.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::DeviceLimit {
+                what: format!("{label} workgroup grid {groups:?}"),
+                needed: *groups.iter().max().unwrap_or(&0) as u64,
+                limit: max_groups as u64,
+            });
+        }
+        let params_buf = self.gpu.uniform_init(&label, bytemuck::bytes_of(params));
+        let bind_group = self.gpu.scoped(&label, || {
+            let mut entries = vec![
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: params_buf.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: step.as_entire_binding(),
+                },
+            ];
+            for (i, b) in buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 2,
+                    resource: b.as_entire_binding(),
+                });
+            }
+            self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &compiled.layout,
+                entries: &entries,
+            })
+        })?;
+        Ok(Dispatch {
+            label,
+            kernel: key.kernel,
+            pipeline: compiled.pipeline.clone(),
+            bind_group,
+            groups,
+            bytes,
+            _params: params_buf,
+        })
+    }
+}
+
+/// One prebuilt kernel launch, replayed every step.
+pub struct Dispatch {
+    pub label: String,
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+    /// Bytes the op must move at minimum (its floor), for the profiler.
+    pub bytes: u64,
+    _params: wgpu::Buffer,
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+    }
+}
+
+/// Runs dispatches in one compute pass and one submit.
+pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    gpu.scoped("step", || {
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("step"),
+                timestamp_writes: None,
+            });
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+    })
+}

@@ -1,0 +1,363 @@
+//! Layer 3, the planner: uploads the weights once and fixes, per step shape (decode = 1 token, prefill = a chunk
+//! of tokens), every buffer, bind group, pipeline and workgroup count. A step then only writes the 16-byte
+//! [`StepParams`] block (and token ids) and replays its dispatch list in one compute pass and one submit.
+
+use std::sync::Arc;
+
+use half::f16;
+
+use super::context::Gpu;
+use super::kernels::{self, AttnShape};
+use super::linear::{self, GpuF16, GpuLinear, LinearMode};
+use super::ops::{Dispatch, Pipelines};
+use crate::error::{Error, Result};
+use crate::model::{Linear, ModelConfig, ModelFiles};
+use crate::prep::{self, GptqTensors, PreparedGptq};
+
+/// One decoder layer on the GPU.
+pub struct GpuLayer {
+    /// [hidden] f32
+    pub input_norm: wgpu::Buffer,
+    /// [hidden] f32
+    pub post_norm: wgpu::Buffer,
+    /// q|k|v, fused into one matrix where their layouts agree; (linear, first output column)
+    pub qkv: Vec<(GpuLinear, u32)>,
+    pub o: GpuLinear,
+    /// gate|up, fused where possible
+    pub gate_up: Vec<(GpuLinear, u32)>,
+    pub down: GpuLinear,
+}
+
+/// All weights on the GPU, shared by every session of a model.
+pub struct GpuWeights {
+    pub config: ModelConfig,
+    /// Embedding rows [vocab, hidden] f16 in chunks (buffer, first row, rows).
+    pub embed: Vec<(wgpu::Buffer, usize, usize)>,
+    pub layers: Vec<GpuLayer>,
+    /// [hidden] f32
+    pub final_norm: wgpu::Buffer,
+    pub lm_head: GpuLinear,
+    /// [max_positions, head_dim / 2] (cos, sin) f32
+    pub rope: wgpu::Buffer,
+    pub max_positions: usize,
+    /// Bytes of weights a decode step reads (for the roofline).
+    pub decode_bytes: u64,
+}
+
+fn prepared(files: &ModelFiles, lin: &Linear) -> Result<Option<PreparedGptq>> {
+    let Linear::Gptq {
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+        k,
+        n,
+        quant,
+        ..
+    } = lin
+    else {
+        return Ok(None);
+    };
+    let ck = &files.checkpoint;
+    let qw = ck.words(qweight);
+    let qz = ck.words(qzeros);
+    let sc = ck.halfs(scales);
+    let gi: Option<Vec<i32>> = g_idx.as_ref().map(|g| bytemuck::cast_vec(ck.words(g)));
+    Ok(Some(prep::prepare_gptq(
+        &GptqTensors {
+            qweight: &qw,
+            qzeros: &qz,
+            scales: &sc,
+            g_idx: gi.as_deref(),
+            k: *k,
+            n: *n,
+        },
+        quant,
+    )))
+}
+
+fn upload_linear(gpu: &Gpu, files: &ModelFiles, label: &str, lin: &Linear) -> Result<GpuLinear> {
+    match lin {
+        Linear::F16 { weight, k, n } => Ok(GpuLinear::F16(linear::upload_f16(
+            gpu,
+            label,
+            files.checkpoint.bytes(weight),
+            *n,
+            *k,
+        )?)),
+        Linear::Gptq { .. } => {
+            let p = prepared(files, lin)?.ok_or_else(|| Error::Gpu {
+                op: label.into(),
+                reason: "GPTQ linear without tensors".into(),
+            })?;
+            Ok(GpuLinear::Gptq(linear::upload_gptq(gpu, label, &p)?))
+        }
+    }
+}
+
+/// Uploads projections that read the same input, fused along N when their layouts allow.
+fn upload_fused(gpu: &Gpu, files: &ModelFiles, label: &str, parts: &[(&str, &Linear)]) -> Result<Vec<(GpuLinear, u32)>> {
+    let all_gptq = parts.iter().all(|(_, l)| matches!(l, Linear::Gptq { .. }));
+    if all_gptq {
+        let preps = parts
+            .iter()
+            .map(|(_, l)| prepared(files, l).map(|p| p.into_iter().next()))
+            .collect::<Result<Option<Vec<_>>>>()?;
+        if let Some(preps) = preps {
+            let refs: Vec<&PreparedGptq> = preps.iter().collect();
+            if let Some(cat) = prep::concat_n(&refs) {
+                return Ok(vec![(GpuLinear::Gptq(linear::upload_gptq(gpu, label, &cat)?), 0)]);
+            }
+            let mut out = Vec::new();
+            let mut col = 0u32;
+            for ((name, _), p) in parts.iter().zip(&preps) {
+                out.push((GpuLinear::Gptq(linear::upload_gptq(gpu, &format!("{label}.{name}"), p)?), col));
+                col += p.n as u32;
+            }
+            return Ok(out);
+        }
+    }
+    let mut out = Vec::new();
+    let mut col = 0u32;
+    for (name, l) in parts {
+        out.push((upload_linear(gpu, files, &format!("{label}.{name}"), l)?, col));
+        col += l.n() as u32;
+    }
+    Ok(out)
+}
+
+/// RoPE table as HF computes it: inv_freq in f32, freqs = pos * inv_freq in f32, cos/sin of that.
+pub fn rope_table(head_dim: usize, theta: f32, positions: usize) -> Vec<[f32; 2]> {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut t = Vec::with_capacity(positions * half);
+    for pos in 0..positions {
+        for f in &inv {
+            let a = pos as f32 * f;
+            t.push([a.cos(), a.sin()]);
+        }
+    }
+    t
+}
+
+impl GpuWeights {
+    pub fn upload(gpu: &Gpu, files: &ModelFiles, max_positions: usize) -> Result<GpuWeights> {
+        let cfg = files.config.clone();
+        let w = &files.weights;
+        let ck = &files.checkpoint;
+        let embed = match linear::upload_f16(gpu, "embed", ck.bytes(&w.embed), cfg.vocab_size, cfg.hidden_size)? {
+            GpuF16 { chunks, .. } => chunks,
+        };
+        let norm = |label: &str, t: &crate::model::TensorRef| -> Result<wgpu::Buffer> {
+            let v: Vec<f16> = ck.halfs(t);
+            linear::upload_f16_as_f32(gpu, label, &v)
+        };
+        let mut layers = Vec::with_capacity(w.layers.len());
+        let mut decode_bytes = 0u64;
+        for (i, l) in w.layers.iter().enumerate() {
+            let p = format!("layers.{i}");
+            let layer = GpuLayer {
+                input_norm: norm(&format!("{p}.input_norm"), &l.input_norm)?,
+                post_norm: norm(&format!("{p}.post_norm"), &l.post_norm)?,
+                qkv: upload_fused(gpu, files, &format!("{p}.qkv"), &[("q", &l.q), ("k", &l.k), ("v", &l.v)])?,
+                o: upload_linear(gpu, files, &format!("{p}.o"), &l.o)?,
+                gate_up: upload_fused(gpu, files, &format!("{p}.gate_up"), &[("gate", &l.gate), ("up", &l.up)])?,
+                down: upload_linear(gpu, files, &format!("{p}.down"), &l.down)?,
+            };
+            decode_bytes += layer.qkv.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
+                + layer.o.weight_bytes()
+                + layer.gate_up.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
+                + layer.down.weight_bytes();
+            layers.push(layer);
+        }
+        // Tied embeddings: the lm_head reads the embedding buffers, no second copy.
+        let lm_head = match (&w.lm_head, cfg.tie_word_embeddings) {
+            (Linear::F16 { weight, .. }, true) if *weight == w.embed => GpuLinear::F16(GpuF16 {
+                k: cfg.hidden_size,
+                n: cfg.vocab_size,
+                chunks: embed.clone(),
+            }),
+            (l, _) => upload_linear(gpu, files, "lm_head", l)?,
+        };
+        decode_bytes += lm_head.weight_bytes();
+        let rope = rope_table(cfg.head_dim, cfg.rope_theta, max_positions);
+        let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope))?;
+        Ok(GpuWeights {
+            final_norm: norm("final_norm", &w.final_norm)?,
+            config: cfg,
+            embed,
+            layers,
+            lm_head,
+            rope,
+            max_positions,
+            decode_bytes,
+        })
+    }
+}
+
+/// Buffers a session owns.
+pub struct Activations {
+    pub step: wgpu::Buffer,
+    /// [capacity] u32
+    pub tokens: wgpu::Buffer,
+    /// [capacity, hidden] f32 residual stream
+    pub x: wgpu::Buffer,
+    /// [capacity, hidden] f32 normed
+    pub xn: wgpu::Buffer,
+    /// [capacity, (H + 2 KV) d] f32
+    pub qkv: wgpu::Buffer,
+    /// [capacity, H d] f32
+    pub q: wgpu::Buffer,
+    /// [capacity, H d] f32
+    pub attn: wgpu::Buffer,
+    /// [capacity, 2 I] f32
+    pub gate_up: wgpu::Buffer,
+    /// [capacity, I] f32
+    pub act: wgpu::Buffer,
+    /// [logit_rows, vocab] f32
+    pub logits: wgpu::Buffer,
+    /// [1] u32 greedy token of the step
+    pub out_ids: wgpu::Buffer,
+    /// Per layer (k, v): [slots, KV, d / 2] u32 (f16 pairs)
+    pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Bound where a kernel variant reads nothing.
+    pub dummy: wgpu::Buffer,
+}
+
+/// Sizes fixed at plan time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanShape {
+    /// Prefill chunk capacity (tokens per prefill step).
+    pub chunk: usize,
+    /// KV cache slots per layer.
+    pub slots: usize,
+    /// Highest position + 1 the session can reach.
+    pub max_positions: usize,
+    /// Prefill computes logits for every token (tests, scoring) instead of the last one.
+    pub all_logits: bool,
+}
+
+/// The dispatch lists of one session.
+pub struct Plan {
+    pub shape: PlanShape,
+    pub bufs: Activations,
+    /// Decode step: ends with the lm_head (logits row 0) and the GPU argmax.
+    pub decode: Vec<Dispatch>,
+    /// Prefill chunk: ends with the lm_head (and argmax of the last row unless all_logits).
+    pub prefill: Vec<Dispatch>,
+}
+
+impl Plan {
+    pub fn new(gpu: &Arc<Gpu>, pipes: &Pipelines, w: &GpuWeights, shape: PlanShape) -> Result<Plan> {
+        let c = &w.config;
+        let cap = shape.chunk.max(1);
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let qkv_n = (c.num_heads + 2 * c.num_kv_heads) * hd;
+        let f32s = |n: usize| (n * 4) as u64;
+        let logit_rows = if shape.all_logits { cap } else { 1 };
+        let mut kv = Vec::with_capacity(w.layers.len());
+        let kv_bytes = (shape.slots * c.num_kv_heads * hd * 2) as u64;
+        for i in 0..w.layers.len() {
+            kv.push((
+                gpu.storage(&format!("layers.{i}.k_cache"), kv_bytes)?,
+                gpu.storage(&format!("layers.{i}.v_cache"), kv_bytes)?,
+            ));
+        }
+        let bufs = Activations {
+            step: gpu.uniform_init("step", &[0u8; 16]),
+            tokens: gpu.storage("tokens", (cap * 4) as u64)?,
+            x: gpu.storage("x", f32s(cap * h))?,
+            xn: gpu.storage("xn", f32s(cap * h))?,
+            qkv: gpu.storage("qkv", f32s(cap * qkv_n))?,
+            q: gpu.storage("q", f32s(cap * c.num_heads * hd))?,
+            attn: gpu.storage("attn", f32s(cap * c.num_heads * hd))?,
+            gate_up: gpu.storage("gate_up", f32s(cap * 2 * c.intermediate_size))?,
+            act: gpu.storage("act", f32s(cap * c.intermediate_size))?,
+            logits: gpu.storage("logits", f32s(logit_rows * c.vocab_size))?,
+            out_ids: gpu.storage("out_ids", 16)?,
+            kv,
+            dummy: gpu.storage("dummy", 16)?,
+        };
+        let decode = build(pipes, w, &bufs, shape, 1, false, true)?;
+        let prefill = build(pipes, w, &bufs, shape, cap as u32, true, !shape.all_logits)?;
+        Ok(Plan {
+            shape,
+            bufs,
+            decode,
+            prefill,
+        })
+    }
+}
+
+/// The op list of one step shape.
+fn build(
+    pipes: &Pipelines,
+    w: &GpuWeights,
+    b: &Activations,
+    shape: PlanShape,
+    cap: u32,
+    gemm: bool,
+    last_only: bool,
+) -> Result<Vec<Dispatch>> {
+    let c = &w.config;
+    let step = &b.step;
+    let h = c.hidden_size as u32;
+    let qkv_n = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) as u32;
+    let attn = AttnShape {
+        n_heads: c.num_heads as u32,
+        n_kv: c.num_kv_heads as u32,
+        head_dim: c.head_dim as u32,
+        slots: shape.slots as u32,
+        window: c.sliding_window.unwrap_or(0) as u32,
+    };
+    let mode = |add: bool, y_stride: u32, y_col0: u32| LinearMode {
+        capacity: cap,
+        gemm,
+        add,
+        last_only: false,
+        y_col0,
+        y_stride,
+    };
+    let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, cap)?;
+    for (i, l) in w.layers.iter().enumerate() {
+        let (kc, vc) = &b.kv[i];
+        d.push(kernels::rmsnorm(pipes, step, &b.x, &l.input_norm, &b.xn, h, c.rms_norm_eps, cap)?);
+        for (lin, col0) in &l.qkv {
+            d.extend(linear::linear_dispatches(pipes, step, lin, &b.xn, &b.qkv, &b.dummy, mode(false, qkv_n, *col0))?);
+        }
+        d.push(kernels::rope_kv(pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap)?);
+        d.push(kernels::attention(pipes, step, &b.q, kc, vc, &b.attn, attn, cap, shape.slots as u32)?);
+        d.extend(linear::linear_dispatches(pipes, step, &l.o, &b.attn, &b.x, &b.dummy, mode(true, h, 0))?);
+        d.push(kernels::rmsnorm(pipes, step, &b.x, &l.post_norm, &b.xn, h, c.rms_norm_eps, cap)?);
+        let i2 = 2 * c.intermediate_size as u32;
+        for (lin, col0) in &l.gate_up {
+            d.extend(linear::linear_dispatches(pipes, step, lin, &b.xn, &b.gate_up, &b.dummy, mode(false, i2, *col0))?);
+        }
+        d.push(kernels::silu_mul(pipes, step, &b.gate_up, &b.act, c.intermediate_size as u32, cap)?);
+        d.extend(linear::linear_dispatches(pipes, step, &l.down, &b.act, &b.x, &b.dummy, mode(true, h, 0))?);
+    }
+    d.push(kernels::rmsnorm(pipes, step, &b.x, &w.final_norm, &b.xn, h, c.rms_norm_eps, cap)?);
+    let v = c.vocab_size as u32;
+    d.extend(linear::linear_dispatches(
+        pipes,
+        step,
+        &w.lm_head,
+        &b.xn,
+        &b.logits,
+        &b.dummy,
+        LinearMode {
+            capacity: cap,
+            gemm: false,
+            add: false,
+            last_only,
+            y_col0: 0,
+            y_stride: v,
+        },
+    )?);
+    if last_only {
+        d.push(kernels::argmax(pipes, step, &b.logits, &b.tokens, &b.out_ids, v, 0)?);
+    }
+    Ok(d)
+}

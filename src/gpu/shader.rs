@@ -1,0 +1,215 @@
+//! Shader sources and their specialisation. Kernels are real `.wgsl` files under `shaders/`; a tiny
+//! preprocessor (`//#if NAME`, `//#else`, `//#endif`, `{{NAME}}` substitution) specialises them, and pipelines
+//! are cached by a typed [`KernelKey`] so no string keys or per-token compilation exist.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// The kernel families, one `.wgsl` file each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kernel {
+    Embed,
+    RmsNorm,
+    GptqGemv,
+    GptqGemm,
+    LinearF16,
+    Rope,
+    Attention,
+    SiluMul,
+    Argmax,
+    Stream,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 10] = [
+        Kernel::Embed,
+        Kernel::RmsNorm,
+        Kernel::GptqGemv,
+        Kernel::GptqGemm,
+        Kernel::LinearF16,
+        Kernel::Rope,
+        Kernel::Attention,
+        Kernel::SiluMul,
+        Kernel::Argmax,
+        Kernel::Stream,
+    ];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Kernel::Embed => "embed.wgsl",
+            Kernel::RmsNorm => "rmsnorm.wgsl",
+            Kernel::GptqGemv => "gptq_gemv.wgsl",
+            Kernel::GptqGemm => "gptq_gemm.wgsl",
+            Kernel::LinearF16 => "linear_f16.wgsl",
+            Kernel::Rope => "rope.wgsl",
+            Kernel::Attention => "attention.wgsl",
+            Kernel::SiluMul => "silu_mul.wgsl",
+            Kernel::Argmax => "argmax.wgsl",
+            Kernel::Stream => "stream.wgsl",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Kernel::Embed => include_str!("../../shaders/embed.wgsl"),
+            Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
+            Kernel::GptqGemv => include_str!("../../shaders/gptq_gemv.wgsl"),
+            Kernel::GptqGemm => include_str!("../../shaders/gptq_gemm.wgsl"),
+            Kernel::LinearF16 => include_str!("../../shaders/linear_f16.wgsl"),
+            Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
+            Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
+            Kernel::SiluMul => include_str!("../../shaders/silu_mul.wgsl"),
+            Kernel::Argmax => include_str!("../../shaders/argmax.wgsl"),
+            Kernel::Stream => include_str!("../../shaders/stream.wgsl"),
+        }
+    }
+
+    /// Number of bindings in group 0 (all storage except 0 and 1, which are uniforms), and which of the storage
+    /// bindings are written.
+    pub fn bindings(self) -> &'static [Binding] {
+        use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+        match self {
+            Kernel::Embed => &[U, U, R, R, W],
+            Kernel::RmsNorm => &[U, U, R, R, W],
+            Kernel::GptqGemv | Kernel::GptqGemm => &[U, U, R, R, R, R, R, W],
+            Kernel::LinearF16 => &[U, U, R, R, W],
+            Kernel::Rope => &[U, U, R, R, W, W, W],
+            Kernel::Attention => &[U, U, R, R, R, W],
+            Kernel::SiluMul => &[U, U, R, W],
+            Kernel::Argmax => &[U, U, R, W, W],
+            Kernel::Stream => &[U, U, R, W],
+        }
+    }
+}
+
+/// Kind of one binding of a kernel's bind group 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    Uniform,
+    ReadOnly,
+    ReadWrite,
+}
+
+/// A fully specialised kernel: the pipeline cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KernelKey {
+    pub kernel: Kernel,
+    /// Sorted name → value defines (`WG`, `BITS`, …). Values are integers; 0 means "off" for `//#if`.
+    pub defines: BTreeMap<&'static str, u32>,
+}
+
+impl KernelKey {
+    pub fn new(kernel: Kernel, defines: &[(&'static str, u32)]) -> Self {
+        KernelKey {
+            kernel,
+            defines: defines.iter().copied().collect(),
+        }
+    }
+
+    /// Workgroup size the kernel is specialised for.
+    pub fn workgroup_size(&self) -> u32 {
+        self.defines.get("WG").copied().unwrap_or(64)
+    }
+
+    /// A short label for GPU objects and profiles, e.g. `gptq_gemv[BITS=4,WG=256]`.
+    pub fn label(&self) -> String {
+        let defs: Vec<String> = self
+            .defines
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "{}[{}]",
+            self.kernel.file_name().trim_end_matches(".wgsl"),
+            defs.join(",")
+        )
+    }
+
+    /// The specialised WGSL source (prelude + kernel).
+    pub fn source(&self) -> Result<String> {
+        // naga (wgpu 30) enables subgroup builtins through the SUBGROUP device feature, not `enable subgroups;`.
+        let mut text = String::new();
+        text.push_str(include_str!("../../shaders/common.wgsl"));
+        text.push('\n');
+        text.push_str(self.kernel.source());
+        preprocess(&text, &self.defines).map_err(|reason| Error::Shader {
+            shader: self.label(),
+            reason,
+        })
+    }
+}
+
+/// Applies `//#if NAME` / `//#else` / `//#endif` (NAME must be defined; non-zero is true) and replaces
+/// `{{NAME}}` with the define's value. Unknown names and unbalanced blocks are errors, never silently skipped.
+pub fn preprocess(src: &str, defines: &BTreeMap<&'static str, u32>) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(src.len());
+    // Stack of (this block active, any branch taken so far).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
+    for (no, line) in src.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(name) = trimmed.strip_prefix("//#if ") {
+            let name = name.trim();
+            let value = defines
+                .get(name)
+                .ok_or_else(|| format!("line {}: `//#if {name}` but {name} is not defined", no + 1))?;
+            stack.push((*value != 0, *value != 0));
+            continue;
+        }
+        if trimmed.starts_with("//#else") {
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| format!("line {}: `//#else` without `//#if`", no + 1))?;
+            *top = (!top.1, true);
+            continue;
+        }
+        if trimmed.starts_with("//#endif") {
+            stack
+                .pop()
+                .ok_or_else(|| format!("line {}: `//#endif` without `//#if`", no + 1))?;
+            continue;
+        }
+        if !active(&stack) {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(open) = rest.find("{{") {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 2..];
+            let close = after
+                .find("}}")
+                .ok_or_else(|| format!("line {}: unclosed `{{{{`", no + 1))?;
+            let name = &after[..close];
+            let value = defines
+                .get(name)
+                .ok_or_else(|| format!("line {}: `{{{{{name}}}}}` is not defined", no + 1))?;
+            out.push_str(&value.to_string());
+            rest = &after[close + 2..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    if !stack.is_empty() {
+        return Err("unterminated `//#if` block".into());
+    }
+    Ok(out)
+}
+
+/// Parses and validates a specialised kernel with naga, as wgpu would, without a GPU.
+pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
+    let src = key.source()?;
+    let module = naga::front::wgsl::parse_str(&src).map_err(|e| Error::Shader {
+        shader: key.label(),
+        reason: e.emit_to_string(&src),
+    })?;
+    let mut validator = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    );
+    validator.validate(&module).map_err(|e| Error::Shader {
+        shader: key.label(),
+        reason: e.emit_to_string(&src),
+    })?;
+    Ok(())
+}

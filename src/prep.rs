@@ -1,0 +1,246 @@
+//! Layer 2, weight preparation: GPTQ tensors turned into the layout the kernels read. Pure CPU functions.
+//!
+//! Act-order is resolved here, once: the K rows are stably sorted by group (g_idx) so each group is a
+//! contiguous run of `group_rows` rows and the kernels never look up g_idx per element; the permutation is kept
+//! to gather the activations. Groups with fewer members than `group_rows` (arbitrary g_idx) are padded with
+//! rows whose permutation entry is [`PAD`] (the kernels read x = 0 there). v1 zero points get their +1 here.
+
+use half::f16;
+
+use crate::model::{CheckpointFormat, QuantConfig};
+
+/// Permutation entry of a padding row.
+pub const PAD: u32 = u32::MAX;
+
+/// A GPTQ matrix in kernel layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedGptq {
+    pub bits: u32,
+    /// Logical input size K (row stride of the activations).
+    pub k: usize,
+    /// Output size N.
+    pub n: usize,
+    /// Prepared rows (multiple of 32 / bits).
+    pub kp: usize,
+    /// Prepared rows per group; group g owns rows [g * group_rows, (g + 1) * group_rows) ∩ [0, kp).
+    pub group_rows: usize,
+    pub groups: usize,
+    /// [kp / pack, n] packed codes, LSB first along K.
+    pub qweight: Vec<u32>,
+    /// [groups, n]
+    pub scales: Vec<f16>,
+    /// [groups, n] zero points, or `None` when every zero equals `zero_const`.
+    pub zeros: Option<Vec<f16>>,
+    pub zero_const: f32,
+    /// [kp] prepared row → input index, `None` when the identity (no act-order reordering needed).
+    pub perm: Option<Vec<u32>>,
+}
+
+/// Raw GPTQ tensors of one linear, as read from the checkpoint (shapes already validated).
+pub struct GptqTensors<'a> {
+    /// [k / pack, n]
+    pub qweight: &'a [u32],
+    /// [groups, n / pack]
+    pub qzeros: &'a [u32],
+    /// [groups, n]
+    pub scales: &'a [f16],
+    /// [k]; `None` = k / group_size
+    pub g_idx: Option<&'a [i32]>,
+    pub k: usize,
+    pub n: usize,
+}
+
+fn code(words: &[u32], n: usize, bits: usize, k: usize, col: usize) -> u32 {
+    let pf = 32 / bits;
+    (words[(k / pf) * n + col] >> (bits * (k % pf))) & ((1u32 << bits) - 1)
+}
+
+/// Prepares one GPTQ matrix. `g_idx` values must already be validated to lie in [0, groups).
+pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
+    let bits = quant.bits as usize;
+    let pf = 32 / bits;
+    let (k, n) = (t.k, t.n);
+    let groups = t.scales.len() / n.max(1);
+    let gs = quant.group_size.unwrap_or(k).max(1);
+    let group_of = |row: usize| -> usize {
+        match t.g_idx {
+            Some(g) => g[row] as usize,
+            None => (row / gs).min(groups.saturating_sub(1)),
+        }
+    };
+
+    // Zero points: z = stored (+1 for v1, masked first as AutoGPTQ's qlinear_cuda does).
+    let mut zvals = Vec::with_capacity(groups * n);
+    for g in 0..groups {
+        for col in 0..n {
+            // qzeros are packed along N: word [g, col / pf], field (col % pf).
+            let w = t.qzeros[g * (n / pf) + col / pf];
+            let s = (w >> (bits * (col % pf))) & ((1u32 << bits) - 1);
+            let z = match quant.format {
+                CheckpointFormat::V1 => s + 1,
+                CheckpointFormat::V2 => s,
+            };
+            zvals.push(z as f32);
+        }
+    }
+    let zero_const = zvals.first().copied().unwrap_or(0.0);
+    let zeros = if zvals.iter().all(|&z| z == zero_const) {
+        None
+    } else {
+        Some(zvals.iter().map(|&z| f16::from_f32(z)).collect())
+    };
+
+    let identity = gs % pf == 0 && (0..k).all(|row| group_of(row) == row / gs);
+    if identity {
+        return PreparedGptq {
+            bits: quant.bits,
+            k,
+            n,
+            kp: k,
+            group_rows: gs,
+            groups,
+            qweight: t.qweight.to_vec(),
+            scales: t.scales.to_vec(),
+            zeros,
+            zero_const,
+            perm: None,
+        };
+    }
+
+    // Stable counting sort of rows by group.
+    let mut counts = vec![0usize; groups];
+    for row in 0..k {
+        counts[group_of(row)] += 1;
+    }
+    let group_rows = counts.iter().map(|c| c.next_multiple_of(pf)).max().unwrap_or(pf).max(pf);
+    let last = groups.saturating_sub(1);
+    let kp = last * group_rows + counts[last].next_multiple_of(pf).max(if groups == 0 { 0 } else { pf });
+    let mut perm = vec![PAD; kp];
+    let mut next: Vec<usize> = (0..groups).map(|g| g * group_rows).collect();
+    for row in 0..k {
+        let g = group_of(row);
+        perm[next[g]] = row as u32;
+        next[g] += 1;
+    }
+
+    // Repack codes row by row, in parallel over column ranges.
+    let mut qweight = vec![0u32; (kp / pf) * n];
+    let threads = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1).min(16);
+    let cols_per = n.div_ceil(threads).max(1);
+    let perm_ref = &perm;
+    let qsrc = t.qweight;
+    let chunks: Vec<(usize, Vec<u32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(cols_per)
+            .map(|c0| {
+                s.spawn(move || {
+                    let c1 = (c0 + cols_per).min(n);
+                    let width = c1 - c0;
+                    let mut out = vec![0u32; (kp / pf) * width];
+                    for (r, &src) in perm_ref.iter().enumerate() {
+                        if src == PAD {
+                            continue;
+                        }
+                        let shift = bits * (r % pf);
+                        let orow = &mut out[(r / pf) * width..(r / pf + 1) * width];
+                        for (i, o) in orow.iter_mut().enumerate() {
+                            *o |= code(qsrc, n, bits, src as usize, c0 + i) << shift;
+                        }
+                    }
+                    (c0, out)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for (c0, out) in chunks {
+        let width = out.len() / (kp / pf).max(1);
+        for r in 0..kp / pf {
+            qweight[r * n + c0..r * n + c0 + width].copy_from_slice(&out[r * width..(r + 1) * width]);
+        }
+    }
+
+    PreparedGptq {
+        bits: quant.bits,
+        k,
+        n,
+        kp,
+        group_rows,
+        groups,
+        qweight,
+        scales: t.scales.to_vec(),
+        zeros,
+        zero_const,
+        perm: Some(perm),
+    }
+}
+
+/// Concatenates matrices that read the same input along N (q|k|v, gate|up), so one dispatch computes them.
+/// Returns `None` when their layouts differ (different g_idx, bits or zero mode): they then run separately.
+pub fn concat_n(parts: &[&PreparedGptq]) -> Option<PreparedGptq> {
+    let first = parts.first()?;
+    let same = parts.iter().all(|p| {
+        p.bits == first.bits
+            && p.k == first.k
+            && p.kp == first.kp
+            && p.group_rows == first.group_rows
+            && p.groups == first.groups
+            && p.perm == first.perm
+            && p.zeros.is_some() == first.zeros.is_some()
+            && (p.zeros.is_some() || p.zero_const == first.zero_const)
+    });
+    if !same {
+        return None;
+    }
+    let n: usize = parts.iter().map(|p| p.n).sum();
+    let rows = first.kp / (32 / first.bits as usize);
+    let mut qweight = Vec::with_capacity(rows * n);
+    for r in 0..rows {
+        for p in parts {
+            qweight.extend_from_slice(&p.qweight[r * p.n..(r + 1) * p.n]);
+        }
+    }
+    let cat_groups = |get: &dyn Fn(&PreparedGptq) -> &[f16]| {
+        let mut out = Vec::with_capacity(first.groups * n);
+        for g in 0..first.groups {
+            for p in parts {
+                out.extend_from_slice(&get(p)[g * p.n..(g + 1) * p.n]);
+            }
+        }
+        out
+    };
+    let scales = cat_groups(&|p| &p.scales);
+    let zeros = first
+        .zeros
+        .as_ref()
+        .map(|_| cat_groups(&|p| p.zeros.as_deref().unwrap_or(&[])));
+    Some(PreparedGptq {
+        n,
+        qweight,
+        scales,
+        zeros,
+        perm: first.perm.clone(),
+        ..(*first).clone()
+    })
+}
+
+/// Reference: the dense weight W[n, k] (f32) a prepared matrix represents, in the original input order.
+pub fn dequantize_prepared(p: &PreparedGptq) -> Vec<f32> {
+    let bits = p.bits as usize;
+    let mut w = vec![0f32; p.n * p.k];
+    for r in 0..p.kp {
+        let src = match &p.perm {
+            Some(perm) if perm[r] == PAD => continue,
+            Some(perm) => perm[r] as usize,
+            None => r,
+        };
+        let g = (r / p.group_rows).min(p.groups - 1);
+        for col in 0..p.n {
+            let q = code(&p.qweight, p.n, bits, r, col) as f32;
+            let s = p.scales[g * p.n + col].to_f32();
+            let z = p.zeros.as_ref().map(|z| z[g * p.n + col].to_f32()).unwrap_or(p.zero_const);
+            w[col * p.k + src] = s * (q - z);
+        }
+    }
+    w
+}

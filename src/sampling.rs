@@ -1,0 +1,194 @@
+//! Token selection with Hugging Face `generate()` semantics and order: repetition penalty → temperature →
+//! top-k → top-p → sample (greedy = argmax of the processed logits). Each processor is a public function so the
+//! tests can compare it with transformers' own processors.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+
+/// Sampling settings. `temperature == 0` means greedy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1.0 = off.
+    pub top_p: f32,
+    /// 1.0 = off.
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, value: String, reason: &str| {
+            Err(Error::InvalidArgument {
+                name: name.into(),
+                value,
+                reason: reason.into(),
+            })
+        };
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", self.temperature.to_string(), "must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p.to_string(), "must be in (0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty.to_string(),
+                "must be a finite number > 0",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// HF RepetitionPenaltyLogitsProcessor: every distinct token of `history` once; negative logits multiplied,
+/// positive divided.
+pub fn repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for &t in history {
+        let i = t as usize;
+        if i < logits.len() && seen.insert(t) {
+            let v = logits[i];
+            logits[i] = if v < 0.0 { v * penalty } else { v / penalty };
+        }
+    }
+}
+
+/// HF TemperatureLogitsWarper.
+pub fn temperature(logits: &mut [f32], t: f32) {
+    if t != 1.0 {
+        for v in logits.iter_mut() {
+            *v /= t;
+        }
+    }
+}
+
+/// HF TopKLogitsWarper: everything below the k-th largest value becomes -inf (ties with it survive).
+pub fn top_k(logits: &mut [f32], k: usize) {
+    if k == 0 || k >= logits.len() {
+        return;
+    }
+    let mut sorted: Vec<f32> = logits.to_vec();
+    sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = sorted[k - 1];
+    for v in logits.iter_mut() {
+        if *v < kth {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// HF TopPLogitsWarper: sort ascending, drop tokens whose cumulative probability is <= 1 - p, always keep the top one.
+pub fn top_p(logits: &mut [f32], p: f32) {
+    if p >= 1.0 {
+        return;
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(a.cmp(&b)));
+    let probs = softmax(&idx.iter().map(|&i| logits[i]).collect::<Vec<_>>());
+    let mut cum = 0.0f32;
+    let last = idx.len() - 1;
+    for (rank, &i) in idx.iter().enumerate() {
+        cum += probs[rank];
+        if cum <= 1.0 - p && rank != last {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Softmax in f32 with max subtraction.
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// Index of the largest value, the first on ties (torch.argmax).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `k` most likely tokens with their log-softmax of the raw logits (OpenAI's top_logprobs).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits.iter().map(|v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32;
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect()
+}
+
+/// Stateful sampler (owns the seeded RNG).
+pub struct Sampler {
+    pub params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Sampler> {
+        params.validate()?;
+        let rng = match params.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Ok(Sampler { params, rng })
+    }
+
+    /// Chooses the next token from raw logits; `history` = prompt + generated ids (for the repetition penalty).
+    pub fn sample(&mut self, raw: &[f32], history: &[u32]) -> u32 {
+        let mut l = raw.to_vec();
+        repetition_penalty(&mut l, history, self.params.repetition_penalty);
+        if self.params.is_greedy() {
+            return argmax(&l);
+        }
+        temperature(&mut l, self.params.temperature);
+        top_k(&mut l, self.params.top_k);
+        top_p(&mut l, self.params.top_p);
+        let probs = softmax(&l);
+        let r: f32 = self.rng.random();
+        let mut cum = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            cum += p;
+            if r < cum {
+                return i as u32;
+            }
+        }
+        argmax(&l)
+    }
+}

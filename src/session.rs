@@ -1,0 +1,287 @@
+//! Layer 5, generation state: a [`Model`] owns the uploaded weights; a [`Session`] owns a KV cache, a position
+//! and the two prebuilt step plans, and runs prefill (in chunks) and decode steps.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::plan::{GpuWeights, Plan, PlanShape};
+use crate::gpu::{DeviceOptions, Gpu, Pipelines, StepParams};
+use crate::model::{ModelConfig, ModelFiles};
+use crate::tokenizer::Tokenizer;
+
+/// Options for [`Model::load`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: DeviceOptions,
+    /// Longest context (prompt + generated) a session supports; `None` = the model's max_position_embeddings
+    /// capped at 8192.
+    pub max_context: Option<usize>,
+    /// Tokens per prefill step.
+    pub prefill_chunk: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: DeviceOptions::default(),
+            max_context: None,
+            prefill_chunk: 128,
+        }
+    }
+}
+
+/// A loaded model: validated files, weights on the GPU, compiled kernels.
+pub struct Model {
+    pub gpu: Arc<Gpu>,
+    pub pipes: Arc<Pipelines>,
+    pub files: ModelFiles,
+    pub weights: Arc<GpuWeights>,
+    pub tokenizer: Option<Tokenizer>,
+    pub options: LoadOptions,
+    max_context: usize,
+}
+
+impl Model {
+    /// Loads a model directory laid out as a Hugging Face GPTQ repository. Every check on the files happens before
+    /// any GPU work.
+    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        let files = ModelFiles::open(path)?;
+        let tokenizer = if path.join("tokenizer.json").exists() {
+            Some(Tokenizer::from_dir(path)?)
+        } else {
+            None
+        };
+        if options.prefill_chunk == 0 {
+            return Err(Error::InvalidArgument {
+                name: "prefill_chunk".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let max_context = options
+            .max_context
+            .unwrap_or(files.config.max_position_embeddings.min(8192))
+            .min(files.config.max_position_embeddings);
+        let gpu = Gpu::new(&options.device)?;
+        let pipes = Arc::new(Pipelines::new(gpu.clone()));
+        let weights = Arc::new(GpuWeights::upload(&gpu, &files, max_context)?);
+        Ok(Model {
+            gpu,
+            pipes,
+            files,
+            weights,
+            tokenizer,
+            options: options.clone(),
+            max_context,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.files.config
+    }
+
+    /// Longest context a session of this model supports.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// A new session with its own KV cache. `all_logits` makes prefill return logits for every prompt token.
+    pub fn session(&self, all_logits: bool) -> Result<Session> {
+        let c = &self.files.config;
+        let chunk = self.options.prefill_chunk.min(self.max_context);
+        // A sliding-window cache needs the window plus one chunk: a chunk's keys must not overwrite keys its own
+        // earlier queries still see.
+        let slots = match c.sliding_window {
+            Some(w) if w + chunk < self.max_context => w + chunk,
+            _ => self.max_context,
+        };
+        let shape = PlanShape {
+            chunk,
+            slots,
+            max_positions: self.max_context,
+            all_logits,
+        };
+        let plan = Plan::new(&self.gpu, &self.pipes, &self.weights, shape)?;
+        let vocab = c.vocab_size;
+        let rows = if all_logits { chunk } else { 1 };
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits readback"),
+            size: (rows * vocab * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let id_staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("token readback"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Session {
+            gpu: self.gpu.clone(),
+            plan,
+            vocab,
+            pos: 0,
+            staging,
+            id_staging,
+        })
+    }
+}
+
+/// What a step reads back.
+enum Readback {
+    /// Logits of `rows` rows.
+    Logits(usize),
+    /// The GPU argmax token.
+    Token,
+}
+
+/// One conversation's state on the GPU.
+pub struct Session {
+    gpu: Arc<Gpu>,
+    plan: Plan,
+    vocab: usize,
+    pos: usize,
+    staging: wgpu::Buffer,
+    id_staging: wgpu::Buffer,
+}
+
+impl Session {
+    /// Tokens processed so far (the next token's position).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the conversation (the cache is overwritten as positions restart at 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.plan.shape.max_positions
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::InvalidArgument {
+                name: "token id".into(),
+                value: bad.to_string(),
+                reason: format!("vocabulary has {} tokens", self.vocab),
+            });
+        }
+        if self.pos + tokens.len() > self.plan.shape.max_positions {
+            return Err(Error::ContextOverflow {
+                tokens: self.pos + tokens.len(),
+                limit: self.plan.shape.max_positions,
+            });
+        }
+        Ok(())
+    }
+
+    fn run_step(&mut self, prefill: bool, tokens: Option<&[u32]>, n: usize, readback: Readback) -> Result<Vec<u8>> {
+        let step = StepParams {
+            n_tokens: n as u32,
+            pos0: self.pos as u32,
+            logits_row: if prefill && !self.plan.shape.all_logits { n as u32 - 1 } else { 0 },
+            _pad: 0,
+        };
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.plan.bufs.step, 0, bytemuck::bytes_of(&step));
+        if let Some(t) = tokens {
+            q.write_buffer(&self.plan.bufs.tokens, 0, bytemuck::cast_slice(t));
+        }
+        let list = if prefill { &self.plan.prefill } else { &self.plan.decode };
+        let (src, dst, size) = match readback {
+            Readback::Logits(rows) => (&self.plan.bufs.logits, &self.staging, (rows * self.vocab * 4) as u64),
+            Readback::Token => (&self.plan.bufs.out_ids, &self.id_staging, 4),
+        };
+        let gpu = self.gpu.clone();
+        gpu.scoped("step", || {
+            let mut enc = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(if prefill { "prefill" } else { "decode" }),
+                    timestamp_writes: None,
+                });
+                for d in list {
+                    d.record(&mut pass);
+                }
+            }
+            enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
+            gpu.queue.submit([enc.finish()]);
+        })?;
+        self.pos += n;
+        gpu.map_and_read(dst, size)
+    }
+
+    /// Runs the prompt through the model in chunks and returns the logits of its last token.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let rows = self.prefill_rows(tokens, false)?;
+        rows.into_iter().last().ok_or_else(|| Error::InvalidArgument {
+            name: "prompt".into(),
+            value: "[]".into(),
+            reason: "the prompt is empty".into(),
+        })
+    }
+
+    /// Prefill returning the logits of every token (the session must be made with `all_logits`).
+    pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.prefill_rows(tokens, true)
+    }
+
+    fn prefill_rows(&mut self, tokens: &[u32], all: bool) -> Result<Vec<Vec<f32>>> {
+        self.check_tokens(tokens)?;
+        if all && !self.plan.shape.all_logits {
+            return Err(Error::InvalidArgument {
+                name: "all_logits".into(),
+                value: "false".into(),
+                reason: "prefill_all needs a session made with all_logits = true".into(),
+            });
+        }
+        let chunk = self.plan.shape.chunk;
+        let mut out = Vec::new();
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            let last = (i + 1) * chunk >= tokens.len();
+            let rows = if self.plan.shape.all_logits { part.len() } else { 1 };
+            if !all && !last {
+                // Intermediate chunks only fill the cache; still read one row to keep the step uniform.
+                self.run_step(true, Some(part), part.len(), Readback::Token)?;
+                continue;
+            }
+            let bytes = self.run_step(true, Some(part), part.len(), Readback::Logits(rows))?;
+            let f: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            let keep: Vec<Vec<f32>> = f.chunks(self.vocab).map(|r| r.to_vec()).collect();
+            if all {
+                out.extend(keep);
+            } else {
+                out.extend(keep.into_iter().last());
+            }
+        }
+        Ok(out)
+    }
+
+    /// One decode step for `token`, returning the logits of the next position.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.check_tokens(&[token])?;
+        let bytes = self.run_step(false, Some(&[token]), 1, Readback::Logits(1))?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// One greedy decode step for `token`, sampled on the GPU; only the chosen id comes back.
+    pub fn decode_greedy(&mut self, token: u32) -> Result<u32> {
+        self.check_tokens(&[token])?;
+        let bytes = self.run_step(false, Some(&[token]), 1, Readback::Token)?;
+        let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if id as usize >= self.vocab {
+            return Err(Error::Gpu {
+                op: "argmax".into(),
+                reason: "no finite logit (NaN or -inf everywhere)".into(),
+            });
+        }
+        Ok(id)
+    }
+}
+

@@ -1,0 +1,224 @@
+//! GPTQ kernels (GEMV for decode, tiled GEMM for prefill) against a CPU reference on random shapes: 4- and
+//! 8-bit, group 32/64/128/-1 (with a short last group), act-order, arbitrary g_idx, sym and asym zeros, v1 and
+//! v2 formats, residual epilogue. Output buffers are poisoned with NaN so an unwritten element fails.
+
+mod common;
+
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use wgptq::gpu::linear::{self, GpuLinear, LinearMode};
+use wgptq::gpu::{ops, StepParams};
+use wgptq::model::{CheckpointFormat, QuantConfig};
+use wgptq::prep::{self, GptqTensors};
+
+/// A random GPTQ matrix in checkpoint layout, plus its dense meaning.
+struct Case {
+    k: usize,
+    n: usize,
+    quant: QuantConfig,
+    qweight: Vec<u32>,
+    qzeros: Vec<u32>,
+    scales: Vec<f16>,
+    g_idx: Option<Vec<i32>>,
+    /// W[n][k] in f64, computed straight from the definition.
+    dense: Vec<f64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum GIdx {
+    /// g = k / group_size, tensor absent
+    Absent,
+    /// act-order as GPTQ writes it: a random permutation, g = position / group_size
+    ActOrder,
+    /// any value in range (groups of uneven size)
+    Arbitrary,
+}
+
+fn make_case(rng: &mut StdRng, k: usize, n: usize, bits: u32, group: Option<usize>, g: GIdx, sym: bool, format: CheckpointFormat) -> Case {
+    let pf = 32 / bits as usize;
+    let maxq = (1u32 << bits) - 1;
+    let gs = group.unwrap_or(k);
+    let groups = k.div_ceil(gs);
+    let g_idx: Vec<i32> = match g {
+        GIdx::Absent => (0..k).map(|i| (i / gs) as i32).collect(),
+        GIdx::ActOrder => {
+            let mut perm: Vec<usize> = (0..k).collect();
+            for i in (1..k).rev() {
+                perm.swap(i, rng.random_range(0..=i));
+            }
+            let mut gi = vec![0i32; k];
+            for (pos, &row) in perm.iter().enumerate() {
+                gi[row] = (pos / gs) as i32;
+            }
+            gi
+        }
+        GIdx::Arbitrary => (0..k).map(|_| rng.random_range(0..groups) as i32).collect(),
+    };
+    let codes: Vec<u32> = (0..k * n).map(|_| rng.random_range(0..=maxq)).collect(); // [k][n]
+    let zeros: Vec<u32> = (0..groups * n)
+        .map(|_| if sym { 1 << (bits - 1) } else { rng.random_range(1..=maxq) })
+        .collect();
+    let scales: Vec<f16> = (0..groups * n).map(|_| f16::from_f32(rng.random_range(0.002..0.03))).collect();
+    let mut qweight = vec![0u32; k / pf * n];
+    for kk in 0..k {
+        for c in 0..n {
+            qweight[(kk / pf) * n + c] |= codes[kk * n + c] << (bits as usize * (kk % pf));
+        }
+    }
+    let mut qzeros = vec![0u32; groups * n / pf];
+    for gg in 0..groups {
+        for c in 0..n {
+            let stored = match format {
+                CheckpointFormat::V1 => zeros[gg * n + c] - 1,
+                CheckpointFormat::V2 => zeros[gg * n + c],
+            };
+            qzeros[gg * (n / pf) + c / pf] |= stored << (bits as usize * (c % pf));
+        }
+    }
+    let mut dense = vec![0f64; n * k];
+    for kk in 0..k {
+        let gg = g_idx[kk] as usize;
+        for c in 0..n {
+            let s = scales[gg * n + c].to_f64();
+            dense[c * k + kk] = s * (codes[kk * n + c] as f64 - zeros[gg * n + c] as f64);
+        }
+    }
+    Case {
+        k,
+        n,
+        quant: QuantConfig {
+            bits,
+            group_size: group,
+            desc_act: matches!(g, GIdx::ActOrder),
+            sym,
+            format,
+        },
+        qweight,
+        qzeros,
+        scales,
+        g_idx: if matches!(g, GIdx::Absent) { None } else { Some(g_idx) },
+        dense,
+    }
+}
+
+fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
+    let gpu = common::gpu();
+    let pipes = ops::Pipelines::new(gpu.clone());
+    let prepared = prep::prepare_gptq(
+        &GptqTensors {
+            qweight: &case.qweight,
+            qzeros: &case.qzeros,
+            scales: &case.scales,
+            g_idx: case.g_idx.as_deref(),
+            k: case.k,
+            n: case.n,
+        },
+        &case.quant,
+    );
+    // The prepared layout must still mean the same matrix.
+    let back = prep::dequantize_prepared(&prepared);
+    for (i, (a, b)) in back.iter().zip(&case.dense).enumerate() {
+        assert!((*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0), "prep changed W at {i}: {a} vs {b}");
+    }
+    let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
+    let x: Vec<f32> = (0..t * case.k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let resid: Vec<f32> = (0..t * case.n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let init: Vec<f32> = if add { resid.clone() } else { vec![f32::NAN; t * case.n] };
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&init)).unwrap();
+    let dummy = gpu.storage("dummy", 16).unwrap();
+    let step = StepParams { n_tokens: t as u32, pos0: 0, logits_row: 0, _pad: 0 };
+    let stepb = gpu.uniform_init("step", bytemuck::bytes_of(&step));
+    let mode = LinearMode { capacity: t as u32, gemm, add, last_only: false, y_col0: 0, y_stride: case.n as u32 };
+    let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode).expect("dispatch");
+    ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&gpu.read(&yb, 0, (t * case.n * 4) as u64).unwrap());
+    let mut bad = Vec::new();
+    for tt in 0..t {
+        for c in 0..case.n {
+            let mut want = if add { resid[tt * case.n + c] as f64 } else { 0.0 };
+            let mut mag = 0.0;
+            for kk in 0..case.k {
+                let p = x[tt * case.k + kk] as f64 * case.dense[c * case.k + kk];
+                want += p;
+                mag += p.abs();
+            }
+            let g = got[tt * case.n + c] as f64;
+            // f32 accumulation in another order: error grows with the sum of |terms|.
+            let tol = 2e-5 * mag + 1e-5;
+            if !((g - want).abs() <= tol) {
+                bad.push(format!("[t={tt}, n={c}] got {g}, want {want} (tol {tol:.2e})"));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} outputs wrong (k={}, n={}, {:?}, gemm={gemm}, add={add}); first: {:?}",
+        bad.len(),
+        t * case.n,
+        case.k,
+        case.n,
+        case.quant,
+        &bad[..bad.len().min(5)]
+    );
+}
+
+fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    use CheckpointFormat::{V1, V2};
+    // (k, n, bits, group, g_idx, sym, format)
+    let cases: &[(usize, usize, u32, Option<usize>, GIdx, bool, CheckpointFormat)] = &[
+        (256, 64, 4, Some(128), GIdx::ActOrder, true, V1),
+        (200, 40, 4, Some(64), GIdx::ActOrder, true, V1),    // short last group (200 = 3 * 64 + 8)
+        (96, 24, 4, Some(32), GIdx::Absent, false, V1),     // asym, trivial groups
+        (136, 72, 4, None, GIdx::ActOrder, true, V2),       // group -1
+        (120, 36, 8, Some(32), GIdx::ActOrder, false, V2),  // 8-bit asym
+        (260, 100, 8, None, GIdx::Absent, true, V1),        // 8-bit group -1
+        (128, 52, 8, Some(128), GIdx::ActOrder, true, V1),
+        (160, 48, 4, Some(32), GIdx::Arbitrary, false, V1), // non-trivial g_idx, uneven groups
+        (88, 20, 8, Some(32), GIdx::Arbitrary, true, V2),
+        (576, 132, 4, Some(128), GIdx::ActOrder, true, V1), // SmolLM-like K, 5 groups
+    ];
+    for (i, &(k, n, bits, group, g, sym, fmt)) in cases.iter().enumerate() {
+        let case = make_case(&mut rng, k, n, bits, group, g, sym, fmt);
+        let t = tokens[i % tokens.len()];
+        run_case(&case, t, gemm, i % 3 == 1, &mut rng);
+    }
+}
+
+#[test]
+fn gptq_gemv_matches_reference() {
+    sweep(false, &[1, 2, 1, 3], 7);
+}
+
+#[test]
+fn gptq_gemm_matches_reference() {
+    sweep(true, &[5, 17, 40, 16, 1], 11);
+}
+
+#[test]
+fn concatenated_projections_equal_separate_ones() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let a = make_case(&mut rng, 128, 32, 4, Some(32), GIdx::Absent, true, CheckpointFormat::V1);
+    let b = make_case(&mut rng, 128, 16, 4, Some(32), GIdx::Absent, true, CheckpointFormat::V1);
+    let prep = |c: &Case| {
+        prep::prepare_gptq(
+            &GptqTensors { qweight: &c.qweight, qzeros: &c.qzeros, scales: &c.scales, g_idx: None, k: c.k, n: c.n },
+            &c.quant,
+        )
+    };
+    let (pa, pb) = (prep(&a), prep(&b));
+    let cat = prep::concat_n(&[&pa, &pb]).expect("same layout concatenates");
+    let (da, db, dc) = (prep::dequantize_prepared(&pa), prep::dequantize_prepared(&pb), prep::dequantize_prepared(&cat));
+    assert_eq!(dc.len(), da.len() + db.len());
+    assert_eq!(&dc[..da.len()], &da[..]);
+    assert_eq!(&dc[da.len()..], &db[..]);
+    // Different act-order permutations must not concatenate.
+    let c = make_case(&mut rng, 128, 16, 4, Some(32), GIdx::ActOrder, true, CheckpointFormat::V1);
+    let pc = prep::prepare_gptq(
+        &GptqTensors { qweight: &c.qweight, qzeros: &c.qzeros, scales: &c.scales, g_idx: c.g_idx.as_deref(), k: c.k, n: c.n },
+        &c.quant,
+    );
+    assert!(prep::concat_n(&[&pa, &pc]).is_none());
+}
