@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Every failure the library reports.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -65,8 +65,9 @@ impl Session {
         mut on_token: impl FnMut(&TokenStep) -> bool,
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(opts.sampling)?;
-        let gpu_greedy =
-            opts.sampling.is_greedy() && opts.top_logprobs == 0 && opts.sampling.repetition_penalty == 1.0;
+        let gpu_greedy = opts.sampling.is_greedy()
+            && opts.top_logprobs == 0
+            && opts.sampling.repetition_penalty == 1.0;
         let mut history: Vec<u32> = prompt.to_vec();
         let mut steps = Vec::new();
         if opts.max_new_tokens == 0 {
@@ -80,7 +81,10 @@ impl Session {
         let mut next = Next::Logits(self.prefill(prompt)?);
         let stop = loop {
             let step = match next {
-                Next::Token(id) => TokenStep { id, top: Vec::new() },
+                Next::Token(id) => TokenStep {
+                    id,
+                    top: Vec::new(),
+                },
                 Next::Logits(ref logits) => TokenStep {
                     id: sampler.sample(logits, &history),
                     top: top_logprobs(logits, opts.top_logprobs),

@@ -16,6 +16,7 @@
 //! # Ok::<(), wgptq::Error>(())
 //! ```
 
+pub mod bench;
 pub mod cpu_ref;
 pub mod error;
 pub mod generate;
@@ -24,6 +25,7 @@ pub mod model;
 pub mod prep;
 pub mod sampling;
 pub mod session;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

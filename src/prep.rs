@@ -112,9 +112,17 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
     for row in 0..k {
         counts[group_of(row)] += 1;
     }
-    let group_rows = counts.iter().map(|c| c.next_multiple_of(pf)).max().unwrap_or(pf).max(pf);
+    let group_rows = counts
+        .iter()
+        .map(|c| c.next_multiple_of(pf))
+        .max()
+        .unwrap_or(pf)
+        .max(pf);
     let last = groups.saturating_sub(1);
-    let kp = last * group_rows + counts[last].next_multiple_of(pf).max(if groups == 0 { 0 } else { pf });
+    let kp = last * group_rows
+        + counts[last]
+            .next_multiple_of(pf)
+            .max(if groups == 0 { 0 } else { pf });
     let mut perm = vec![PAD; kp];
     let mut next: Vec<usize> = (0..groups).map(|g| g * group_rows).collect();
     for row in 0..k {
@@ -125,7 +133,10 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
 
     // Repack codes row by row, in parallel over column ranges.
     let mut qweight = vec![0u32; (kp / pf) * n];
-    let threads = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1).min(16);
+    let threads = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1)
+        .min(16);
     let cols_per = n.div_ceil(threads).max(1);
     let perm_ref = &perm;
     let qsrc = t.qweight;
@@ -156,7 +167,8 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
     for (c0, out) in chunks {
         let width = out.len() / (kp / pf).max(1);
         for r in 0..kp / pf {
-            qweight[r * n + c0..r * n + c0 + width].copy_from_slice(&out[r * width..(r + 1) * width]);
+            qweight[r * n + c0..r * n + c0 + width]
+                .copy_from_slice(&out[r * width..(r + 1) * width]);
         }
     }
 
@@ -238,7 +250,11 @@ pub fn dequantize_prepared(p: &PreparedGptq) -> Vec<f32> {
         for col in 0..p.n {
             let q = code(&p.qweight, p.n, bits, r, col) as f32;
             let s = p.scales[g * p.n + col].to_f32();
-            let z = p.zeros.as_ref().map(|z| z[g * p.n + col].to_f32()).unwrap_or(p.zero_const);
+            let z = p
+                .zeros
+                .as_ref()
+                .map(|z| z[g * p.n + col].to_f32())
+                .unwrap_or(p.zero_const);
             w[col * p.k + src] = s * (q - z);
         }
     }

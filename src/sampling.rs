@@ -42,7 +42,11 @@ impl SamplingParams {
             })
         };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad("temperature", self.temperature.to_string(), "must be a finite number >= 0");
+            return bad(
+                "temperature",
+                self.temperature.to_string(),
+                "must be a finite number >= 0",
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", self.top_p.to_string(), "must be in (0, 1]");
@@ -142,16 +146,30 @@ pub fn argmax(x: &[f32]) -> u32 {
 /// The `k` most likely tokens with their log-softmax of the raw logits (OpenAI's top_logprobs).
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = m + logits.iter().map(|v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32;
+    let lse = m + logits
+        .iter()
+        .map(|v| ((v - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32;
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(idx.len());
     if k == 0 {
         return Vec::new();
     }
-    idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     idx.truncate(k);
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect()
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    idx.into_iter()
+        .map(|i| (i, logits[i as usize] - lse))
+        .collect()
 }
 
 /// Stateful sampler (owns the seeded RNG).

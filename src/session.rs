@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::plan::{GpuWeights, Plan, PlanShape};
@@ -42,6 +43,17 @@ pub struct Model {
     max_context: usize,
 }
 
+fn check_options(options: &LoadOptions) -> Result<()> {
+    if options.prefill_chunk == 0 {
+        return Err(Error::InvalidArgument {
+            name: "prefill_chunk".into(),
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
 impl Model {
     /// Loads a model directory laid out as a Hugging Face GPTQ repository. Every check on the files happens before
     /// any GPU work.
@@ -53,18 +65,24 @@ impl Model {
         } else {
             None
         };
-        if options.prefill_chunk == 0 {
-            return Err(Error::InvalidArgument {
-                name: "prefill_chunk".into(),
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
+        check_options(options)?;
+        let gpu = Gpu::new(&options.device)?;
+        Self::from_parts(gpu, files, tokenizer, options)
+    }
+
+    /// Builds a model from already-opened files on an already-created device: the weight preparation and upload
+    /// half of [`Model::load`], separate so callers (the benchmark) can time the phases apart.
+    pub fn from_parts(
+        gpu: Arc<Gpu>,
+        files: ModelFiles,
+        tokenizer: Option<Tokenizer>,
+        options: &LoadOptions,
+    ) -> Result<Model> {
+        check_options(options)?;
         let max_context = options
             .max_context
             .unwrap_or(files.config.max_position_embeddings.min(8192))
             .min(files.config.max_position_embeddings);
-        let gpu = Gpu::new(&options.device)?;
         let pipes = Arc::new(Pipelines::new(gpu.clone()));
         let weights = Arc::new(GpuWeights::upload(&gpu, &files, max_context)?);
         Ok(Model {
@@ -125,6 +143,7 @@ impl Model {
             pos: 0,
             staging,
             id_staging,
+            last_encode: Duration::ZERO,
         })
     }
 }
@@ -145,6 +164,8 @@ pub struct Session {
     pos: usize,
     staging: wgpu::Buffer,
     id_staging: wgpu::Buffer,
+    /// Host time of the last step spent writing its inputs, recording and submitting (not waiting).
+    last_encode: Duration,
 }
 
 impl Session {
@@ -160,6 +181,29 @@ impl Session {
 
     pub fn max_positions(&self) -> usize {
         self.plan.shape.max_positions
+    }
+
+    /// The session's prebuilt plan (buffers and dispatch lists), for profilers and debugging.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The device the session runs on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Host time the last step spent writing its inputs, recording its dispatches and submitting them,
+    /// excluding the wait for the GPU and the readback.
+    pub fn last_encode_time(&self) -> Duration {
+        self.last_encode
+    }
+
+    /// Moves the position back to `pos` (≤ the current one) without touching the cache, so the benchmark can
+    /// replay decode steps at one context length. Cache slots written after `pos` hold stale keys; with a
+    /// rolling window some of those may alias slots still inside the window, which changes values, not timing.
+    pub(crate) fn rewind(&mut self, pos: usize) {
+        self.pos = pos.min(self.pos);
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -179,11 +223,21 @@ impl Session {
         Ok(())
     }
 
-    fn run_step(&mut self, prefill: bool, tokens: Option<&[u32]>, n: usize, readback: Readback) -> Result<Vec<u8>> {
+    fn run_step(
+        &mut self,
+        prefill: bool,
+        tokens: Option<&[u32]>,
+        n: usize,
+        readback: Readback,
+    ) -> Result<Vec<u8>> {
         let step = StepParams {
             n_tokens: n as u32,
             pos0: self.pos as u32,
-            logits_row: if prefill && !self.plan.shape.all_logits { n as u32 - 1 } else { 0 },
+            logits_row: if prefill && !self.plan.shape.all_logits {
+                n as u32 - 1
+            } else {
+                0
+            },
             _pad: 0,
         };
         let q = &self.gpu.queue;
@@ -191,16 +245,27 @@ impl Session {
         if let Some(t) = tokens {
             q.write_buffer(&self.plan.bufs.tokens, 0, bytemuck::cast_slice(t));
         }
-        let list = if prefill { &self.plan.prefill } else { &self.plan.decode };
+        let list = if prefill {
+            &self.plan.prefill
+        } else {
+            &self.plan.decode
+        };
         let (src, dst, size) = match readback {
-            Readback::Logits(rows) => (&self.plan.bufs.logits, &self.staging, (rows * self.vocab * 4) as u64),
+            Readback::Logits(rows) => (
+                &self.plan.bufs.logits,
+                &self.staging,
+                (rows * self.vocab * 4) as u64,
+            ),
             Readback::Token => (&self.plan.bufs.out_ids, &self.id_staging, 4),
         };
         let gpu = self.gpu.clone();
+        let t0 = Instant::now();
         gpu.scoped("step", || {
             let mut enc = gpu
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                });
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(if prefill { "prefill" } else { "decode" }),
@@ -213,6 +278,7 @@ impl Session {
             enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
             gpu.queue.submit([enc.finish()]);
         })?;
+        self.last_encode = t0.elapsed();
         self.pos += n;
         gpu.map_and_read(dst, size)
     }
@@ -220,11 +286,13 @@ impl Session {
     /// Runs the prompt through the model in chunks and returns the logits of its last token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let rows = self.prefill_rows(tokens, false)?;
-        rows.into_iter().last().ok_or_else(|| Error::InvalidArgument {
-            name: "prompt".into(),
-            value: "[]".into(),
-            reason: "the prompt is empty".into(),
-        })
+        rows.into_iter()
+            .last()
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "prompt".into(),
+                value: "[]".into(),
+                reason: "the prompt is empty".into(),
+            })
     }
 
     /// Prefill returning the logits of every token (the session must be made with `all_logits`).
@@ -245,7 +313,11 @@ impl Session {
         let mut out = Vec::new();
         for (i, part) in tokens.chunks(chunk).enumerate() {
             let last = (i + 1) * chunk >= tokens.len();
-            let rows = if self.plan.shape.all_logits { part.len() } else { 1 };
+            let rows = if self.plan.shape.all_logits {
+                part.len()
+            } else {
+                1
+            };
             if !all && !last {
                 // Intermediate chunks only fill the cache; still read one row to keep the step uniform.
                 self.run_step(true, Some(part), part.len(), Readback::Token)?;
@@ -284,4 +356,3 @@ impl Session {
         Ok(id)
     }
 }
-

@@ -35,7 +35,28 @@ enum GIdx {
     Arbitrary,
 }
 
-fn make_case(rng: &mut StdRng, k: usize, n: usize, bits: u32, group: Option<usize>, g: GIdx, sym: bool, format: CheckpointFormat) -> Case {
+/// Parameters of one random matrix.
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    k: usize,
+    n: usize,
+    bits: u32,
+    group: Option<usize>,
+    g: GIdx,
+    sym: bool,
+    format: CheckpointFormat,
+}
+
+fn make_case(rng: &mut StdRng, spec: Spec) -> Case {
+    let Spec {
+        k,
+        n,
+        bits,
+        group,
+        g,
+        sym,
+        format,
+    } = spec;
     let pf = 32 / bits as usize;
     let maxq = (1u32 << bits) - 1;
     let gs = group.unwrap_or(k);
@@ -57,9 +78,17 @@ fn make_case(rng: &mut StdRng, k: usize, n: usize, bits: u32, group: Option<usiz
     };
     let codes: Vec<u32> = (0..k * n).map(|_| rng.random_range(0..=maxq)).collect(); // [k][n]
     let zeros: Vec<u32> = (0..groups * n)
-        .map(|_| if sym { 1 << (bits - 1) } else { rng.random_range(1..=maxq) })
+        .map(|_| {
+            if sym {
+                1 << (bits - 1)
+            } else {
+                rng.random_range(1..=maxq)
+            }
+        })
         .collect();
-    let scales: Vec<f16> = (0..groups * n).map(|_| f16::from_f32(rng.random_range(0.002..0.03))).collect();
+    let scales: Vec<f16> = (0..groups * n)
+        .map(|_| f16::from_f32(rng.random_range(0.002..0.03)))
+        .collect();
     let mut qweight = vec![0u32; k / pf * n];
     for kk in 0..k {
         for c in 0..n {
@@ -97,7 +126,11 @@ fn make_case(rng: &mut StdRng, k: usize, n: usize, bits: u32, group: Option<usiz
         qweight,
         qzeros,
         scales,
-        g_idx: if matches!(g, GIdx::Absent) { None } else { Some(g_idx) },
+        g_idx: if matches!(g, GIdx::Absent) {
+            None
+        } else {
+            Some(g_idx)
+        },
         dense,
     }
 }
@@ -119,25 +152,54 @@ fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
     // The prepared layout must still mean the same matrix.
     let back = prep::dequantize_prepared(&prepared);
     for (i, (a, b)) in back.iter().zip(&case.dense).enumerate() {
-        assert!((*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0), "prep changed W at {i}: {a} vs {b}");
+        assert!(
+            (*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "prep changed W at {i}: {a} vs {b}"
+        );
     }
     let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
-    let x: Vec<f32> = (0..t * case.k).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let resid: Vec<f32> = (0..t * case.n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let init: Vec<f32> = if add { resid.clone() } else { vec![f32::NAN; t * case.n] };
+    let x: Vec<f32> = (0..t * case.k)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let resid: Vec<f32> = (0..t * case.n)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let init: Vec<f32> = if add {
+        resid.clone()
+    } else {
+        vec![f32::NAN; t * case.n]
+    };
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
     let yb = gpu.storage_init("y", bytemuck::cast_slice(&init)).unwrap();
     let dummy = gpu.storage("dummy", 16).unwrap();
-    let step = StepParams { n_tokens: t as u32, pos0: 0, logits_row: 0, _pad: 0 };
+    let step = StepParams {
+        n_tokens: t as u32,
+        pos0: 0,
+        logits_row: 0,
+        _pad: 0,
+    };
     let stepb = gpu.uniform_init("step", bytemuck::bytes_of(&step));
-    let mode = LinearMode { capacity: t as u32, gemm, add, last_only: false, y_col0: 0, y_stride: case.n as u32 };
-    let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode).expect("dispatch");
+    let mode = LinearMode {
+        capacity: t as u32,
+        gemm,
+        add,
+        last_only: false,
+        y_col0: 0,
+        y_stride: case.n as u32,
+    };
+    let d =
+        linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode).expect("dispatch");
     ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
-    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&gpu.read(&yb, 0, (t * case.n * 4) as u64).unwrap());
+    let got: Vec<f32> =
+        bytemuck::pod_collect_to_vec(&gpu.read(&yb, 0, (t * case.n * 4) as u64).unwrap());
     let mut bad = Vec::new();
     for tt in 0..t {
         for c in 0..case.n {
-            let mut want = if add { resid[tt * case.n + c] as f64 } else { 0.0 };
+            let mut want = if add {
+                resid[tt * case.n + c] as f64
+            } else {
+                0.0
+            };
             let mut mag = 0.0;
             for kk in 0..case.k {
                 let p = x[tt * case.k + kk] as f64 * case.dense[c * case.k + kk];
@@ -147,8 +209,11 @@ fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
             let g = got[tt * case.n + c] as f64;
             // f32 accumulation in another order: error grows with the sum of |terms|.
             let tol = 2e-5 * mag + 1e-5;
-            if !((g - want).abs() <= tol) {
-                bad.push(format!("[t={tt}, n={c}] got {g}, want {want} (tol {tol:.2e})"));
+            let ok = (g - want).abs() <= tol; // NaN (unwritten) fails
+            if !ok {
+                bad.push(format!(
+                    "[t={tt}, n={c}] got {g}, want {want} (tol {tol:.2e})"
+                ));
             }
         }
     }
@@ -168,20 +233,29 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     use CheckpointFormat::{V1, V2};
     // (k, n, bits, group, g_idx, sym, format)
-    let cases: &[(usize, usize, u32, Option<usize>, GIdx, bool, CheckpointFormat)] = &[
-        (256, 64, 4, Some(128), GIdx::ActOrder, true, V1),
-        (200, 40, 4, Some(64), GIdx::ActOrder, true, V1),    // short last group (200 = 3 * 64 + 8)
-        (96, 24, 4, Some(32), GIdx::Absent, false, V1),     // asym, trivial groups
-        (136, 72, 4, None, GIdx::ActOrder, true, V2),       // group -1
-        (120, 36, 8, Some(32), GIdx::ActOrder, false, V2),  // 8-bit asym
-        (260, 100, 8, None, GIdx::Absent, true, V1),        // 8-bit group -1
-        (128, 52, 8, Some(128), GIdx::ActOrder, true, V1),
-        (160, 48, 4, Some(32), GIdx::Arbitrary, false, V1), // non-trivial g_idx, uneven groups
-        (88, 20, 8, Some(32), GIdx::Arbitrary, true, V2),
-        (576, 132, 4, Some(128), GIdx::ActOrder, true, V1), // SmolLM-like K, 5 groups
+    let spec = |k, n, bits, group, g, sym, format| Spec {
+        k,
+        n,
+        bits,
+        group,
+        g,
+        sym,
+        format,
+    };
+    let cases = [
+        spec(256, 64, 4, Some(128), GIdx::ActOrder, true, V1),
+        spec(200, 40, 4, Some(64), GIdx::ActOrder, true, V1), // short last group (200 = 3 * 64 + 8)
+        spec(96, 24, 4, Some(32), GIdx::Absent, false, V1),   // asym, trivial groups
+        spec(136, 72, 4, None, GIdx::ActOrder, true, V2),     // group -1
+        spec(120, 36, 8, Some(32), GIdx::ActOrder, false, V2), // 8-bit asym
+        spec(260, 100, 8, None, GIdx::Absent, true, V1),      // 8-bit group -1
+        spec(128, 52, 8, Some(128), GIdx::ActOrder, true, V1),
+        spec(160, 48, 4, Some(32), GIdx::Arbitrary, false, V1), // non-trivial g_idx, uneven groups
+        spec(88, 20, 8, Some(32), GIdx::Arbitrary, true, V2),
+        spec(576, 132, 4, Some(128), GIdx::ActOrder, true, V1), // SmolLM-like K, 5 groups
     ];
-    for (i, &(k, n, bits, group, g, sym, fmt)) in cases.iter().enumerate() {
-        let case = make_case(&mut rng, k, n, bits, group, g, sym, fmt);
+    for (i, &sp) in cases.iter().enumerate() {
+        let case = make_case(&mut rng, sp);
         let t = tokens[i % tokens.len()];
         run_case(&case, t, gemm, i % 3 == 1, &mut rng);
     }
@@ -200,24 +274,75 @@ fn gptq_gemm_matches_reference() {
 #[test]
 fn concatenated_projections_equal_separate_ones() {
     let mut rng = StdRng::seed_from_u64(3);
-    let a = make_case(&mut rng, 128, 32, 4, Some(32), GIdx::Absent, true, CheckpointFormat::V1);
-    let b = make_case(&mut rng, 128, 16, 4, Some(32), GIdx::Absent, true, CheckpointFormat::V1);
+    let a = make_case(
+        &mut rng,
+        Spec {
+            k: 128,
+            n: 32,
+            bits: 4,
+            group: Some(32),
+            g: GIdx::Absent,
+            sym: true,
+            format: CheckpointFormat::V1,
+        },
+    );
+    let b = make_case(
+        &mut rng,
+        Spec {
+            k: 128,
+            n: 16,
+            bits: 4,
+            group: Some(32),
+            g: GIdx::Absent,
+            sym: true,
+            format: CheckpointFormat::V1,
+        },
+    );
     let prep = |c: &Case| {
         prep::prepare_gptq(
-            &GptqTensors { qweight: &c.qweight, qzeros: &c.qzeros, scales: &c.scales, g_idx: None, k: c.k, n: c.n },
+            &GptqTensors {
+                qweight: &c.qweight,
+                qzeros: &c.qzeros,
+                scales: &c.scales,
+                g_idx: None,
+                k: c.k,
+                n: c.n,
+            },
             &c.quant,
         )
     };
     let (pa, pb) = (prep(&a), prep(&b));
     let cat = prep::concat_n(&[&pa, &pb]).expect("same layout concatenates");
-    let (da, db, dc) = (prep::dequantize_prepared(&pa), prep::dequantize_prepared(&pb), prep::dequantize_prepared(&cat));
+    let (da, db, dc) = (
+        prep::dequantize_prepared(&pa),
+        prep::dequantize_prepared(&pb),
+        prep::dequantize_prepared(&cat),
+    );
     assert_eq!(dc.len(), da.len() + db.len());
     assert_eq!(&dc[..da.len()], &da[..]);
     assert_eq!(&dc[da.len()..], &db[..]);
     // Different act-order permutations must not concatenate.
-    let c = make_case(&mut rng, 128, 16, 4, Some(32), GIdx::ActOrder, true, CheckpointFormat::V1);
+    let c = make_case(
+        &mut rng,
+        Spec {
+            k: 128,
+            n: 16,
+            bits: 4,
+            group: Some(32),
+            g: GIdx::ActOrder,
+            sym: true,
+            format: CheckpointFormat::V1,
+        },
+    );
     let pc = prep::prepare_gptq(
-        &GptqTensors { qweight: &c.qweight, qzeros: &c.qzeros, scales: &c.scales, g_idx: c.g_idx.as_deref(), k: c.k, n: c.n },
+        &GptqTensors {
+            qweight: &c.qweight,
+            qzeros: &c.qzeros,
+            scales: &c.scales,
+            g_idx: c.g_idx.as_deref(),
+            k: c.k,
+            n: c.n,
+        },
         &c.quant,
     );
     assert!(prep::concat_n(&[&pa, &pc]).is_none());

@@ -17,7 +17,12 @@ fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 fn step_buf(gpu: &Gpu, n_tokens: usize, pos0: usize, logits_row: usize) -> wgpu::Buffer {
-    let s = StepParams { n_tokens: n_tokens as u32, pos0: pos0 as u32, logits_row: logits_row as u32, _pad: 0 };
+    let s = StepParams {
+        n_tokens: n_tokens as u32,
+        pos0: pos0 as u32,
+        logits_row: logits_row as u32,
+        _pad: 0,
+    };
     gpu.uniform_init("step", bytemuck::bytes_of(&s))
 }
 
@@ -26,7 +31,8 @@ fn read_f32(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
 }
 
 fn poisoned(gpu: &Gpu, n: usize) -> wgpu::Buffer {
-    gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n])).unwrap()
+    gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n]))
+        .unwrap()
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
@@ -34,11 +40,14 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
         .iter()
         .zip(want)
         .enumerate()
-        .filter(|(_, (g, w))| !((*g - *w).abs() <= atol + rtol * w.abs()))
+        .filter(|(_, (g, w))| (*g - *w).abs().is_nan() || (*g - *w).abs() > atol + rtol * w.abs())
         .take(5)
         .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
         .collect();
-    assert!(bad.is_empty(), "{what}: mismatches (atol {atol}, rtol {rtol}): {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{what}: mismatches (atol {atol}, rtol {rtol}): {bad:?}"
+    );
 }
 
 #[test]
@@ -47,21 +56,37 @@ fn embedding_gather_over_chunked_table() {
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(1);
     let (vocab, h, t) = (37, 22, 5);
-    let table: Vec<f16> = (0..vocab * h).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
+    let table: Vec<f16> = (0..vocab * h)
+        .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+        .collect();
     // Two chunks: rows [0, 20) and [20, 37).
     let chunks: Vec<(wgpu::Buffer, usize, usize)> = [(0usize, 20usize), (20, 17)]
         .iter()
         .map(|&(r0, rows)| {
-            (gpu.storage_init("emb", bytemuck::cast_slice(&table[r0 * h..(r0 + rows) * h])).unwrap(), r0, rows)
+            (
+                gpu.storage_init("emb", bytemuck::cast_slice(&table[r0 * h..(r0 + rows) * h]))
+                    .unwrap(),
+                r0,
+                rows,
+            )
         })
         .collect();
     let tokens: Vec<u32> = vec![3, 36, 19, 20, 0];
-    let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&tokens)).unwrap();
+    let tb = gpu
+        .storage_init("tokens", bytemuck::cast_slice(&tokens))
+        .unwrap();
     let x = poisoned(&gpu, t * h);
     let step = step_buf(&gpu, t, 0, 0);
     let d = kernels::embed(&pipes, &step, &tb, &chunks, &x, h as u32, t as u32).unwrap();
     ops::run(&gpu, &d.iter().collect::<Vec<_>>()).unwrap();
-    let want: Vec<f32> = tokens.iter().flat_map(|&tk| table[tk as usize * h..(tk as usize + 1) * h].iter().map(|v| v.to_f32())).collect();
+    let want: Vec<f32> = tokens
+        .iter()
+        .flat_map(|&tk| {
+            table[tk as usize * h..(tk as usize + 1) * h]
+                .iter()
+                .map(|v| v.to_f32())
+        })
+        .collect();
     assert_close("embed", &read_f32(&gpu, &x, t * h), &want, 0.0, 0.0);
 }
 
@@ -85,9 +110,19 @@ fn rmsnorm_matches_reference() {
             let row = &x[r * n..(r + 1) * n];
             let ms: f64 = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64;
             let inv = 1.0 / (ms + eps as f64).sqrt();
-            want.extend(row.iter().zip(&w).map(|(v, g)| (*v as f64 * inv * *g as f64) as f32));
+            want.extend(
+                row.iter()
+                    .zip(&w)
+                    .map(|(v, g)| (*v as f64 * inv * *g as f64) as f32),
+            );
         }
-        assert_close(&format!("rmsnorm n={n}"), &read_f32(&gpu, &y, n * t), &want, 1e-5, 1e-5);
+        assert_close(
+            &format!("rmsnorm n={n}"),
+            &read_f32(&gpu, &y, n * t),
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -97,7 +132,9 @@ fn silu_mul_and_argmax() {
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(3);
     let (inter, t) = (131usize, 3usize);
-    let gu: Vec<f32> = (0..t * 2 * inter).map(|_| rng.random_range(-6.0f32..6.0)).collect();
+    let gu: Vec<f32> = (0..t * 2 * inter)
+        .map(|_| rng.random_range(-6.0f32..6.0))
+        .collect();
     let gub = gpu.storage_init("gu", bytemuck::cast_slice(&gu)).unwrap();
     let act = poisoned(&gpu, t * inter);
     let step = step_buf(&gpu, t, 0, 0);
@@ -111,21 +148,37 @@ fn silu_mul_and_argmax() {
             want.push((g / (1.0 + (-g).exp()) * u) as f32);
         }
     }
-    assert_close("silu_mul", &read_f32(&gpu, &act, t * inter), &want, 1e-6, 1e-5);
+    assert_close(
+        "silu_mul",
+        &read_f32(&gpu, &act, t * inter),
+        &want,
+        1e-6,
+        1e-5,
+    );
 
     // argmax: the first of tied maxima wins, as torch.argmax.
-    for (vocab, pos_a, pos_b) in [(1000usize, 717usize, 905usize), (33, 4, 5), (70001, 65536, 70000)] {
+    for (vocab, pos_a, pos_b) in [
+        (1000usize, 717usize, 905usize),
+        (33, 4, 5),
+        (70001, 65536, 70000),
+    ] {
         let mut logits = rand_vec(&mut rng, vocab);
         logits[pos_a] = 9.0;
         logits[pos_b] = 9.0;
-        let lb = gpu.storage_init("logits", bytemuck::cast_slice(&logits)).unwrap();
+        let lb = gpu
+            .storage_init("logits", bytemuck::cast_slice(&logits))
+            .unwrap();
         let tokens = gpu.storage_init("tokens", &[0xff; 16]).unwrap();
         let out = gpu.storage_init("out", &[0xff; 16]).unwrap();
         let d = kernels::argmax(&pipes, &step, &lb, &tokens, &out, vocab as u32, 0).unwrap();
         ops::run(&gpu, &[&d]).unwrap();
         let got: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&out, 0, 4).unwrap());
         let next: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&tokens, 0, 4).unwrap());
-        assert_eq!((got[0], next[0]), (pos_a as u32, pos_a as u32), "vocab {vocab}");
+        assert_eq!(
+            (got[0], next[0]),
+            (pos_a as u32, pos_a as u32),
+            "vocab {vocab}"
+        );
     }
 }
 
@@ -135,21 +188,37 @@ fn f16_matmul_chunks_and_last_row() {
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(4);
     let (n, k, t) = (75usize, 136usize, 4usize);
-    let w: Vec<f16> = (0..n * k).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
+    let w: Vec<f16> = (0..n * k)
+        .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+        .collect();
     let x = rand_vec(&mut rng, t * k);
     let reference = |rows: std::ops::Range<usize>| -> Vec<f32> {
         let mut y = Vec::new();
         for r in rows {
             for c in 0..n {
-                y.push((0..k).map(|i| x[r * k + i] as f64 * w[c * k + i].to_f64()).sum::<f64>() as f32);
+                y.push(
+                    (0..k)
+                        .map(|i| x[r * k + i] as f64 * w[c * k + i].to_f64())
+                        .sum::<f64>() as f32,
+                );
             }
         }
         y
     };
     // Split by hand into two row chunks, as a small binding limit would.
     let chunks = vec![
-        (gpu.storage_init("w0", bytemuck::cast_slice(&w[..40 * k])).unwrap(), 0, 40),
-        (gpu.storage_init("w1", bytemuck::cast_slice(&w[40 * k..])).unwrap(), 40, 35),
+        (
+            gpu.storage_init("w0", bytemuck::cast_slice(&w[..40 * k]))
+                .unwrap(),
+            0,
+            40,
+        ),
+        (
+            gpu.storage_init("w1", bytemuck::cast_slice(&w[40 * k..]))
+                .unwrap(),
+            40,
+            35,
+        ),
     ];
     let lin = GpuLinear::F16(GpuF16 { k, n, chunks });
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
@@ -158,25 +227,58 @@ fn f16_matmul_chunks_and_last_row() {
         let rows = if last_only { 1 } else { t };
         let y = poisoned(&gpu, rows * n);
         let step = step_buf(&gpu, t, 0, 2);
-        let mode = LinearMode { capacity: t as u32, gemm: false, add: false, last_only, y_col0: 0, y_stride: n as u32 };
+        let mode = LinearMode {
+            capacity: t as u32,
+            gemm: false,
+            add: false,
+            last_only,
+            y_col0: 0,
+            y_stride: n as u32,
+        };
         let d = linear::linear_dispatches(&pipes, &step, &lin, &xb, &y, &dummy, mode).unwrap();
         ops::run(&gpu, &d.iter().collect::<Vec<_>>()).unwrap();
-        let want = if last_only { reference(2..3) } else { reference(0..t) };
-        assert_close(&format!("f16 matmul last_only={last_only}"), &read_f32(&gpu, &y, rows * n), &want, 1e-4, 1e-4);
+        let want = if last_only {
+            reference(2..3)
+        } else {
+            reference(0..t)
+        };
+        assert_close(
+            &format!("f16 matmul last_only={last_only}"),
+            &read_f32(&gpu, &y, rows * n),
+            &want,
+            1e-4,
+            1e-4,
+        );
     }
 }
 
 /// RoPE + KV write + attention, chunk after chunk, against a CPU model of the same sequence.
-fn attention_sequence(n_heads: usize, n_kv: usize, d: usize, window: usize, chunk: usize, steps: &[usize], seed: u64) {
+fn attention_sequence(
+    n_heads: usize,
+    n_kv: usize,
+    d: usize,
+    window: usize,
+    chunk: usize,
+    steps: &[usize],
+    seed: u64,
+) {
     let gpu = common::gpu();
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(seed);
     let total: usize = steps.iter().sum();
     let slots = if window > 0 { window + chunk } else { total };
-    let shape = AttnShape { n_heads: n_heads as u32, n_kv: n_kv as u32, head_dim: d as u32, slots: slots as u32, window: window as u32 };
+    let shape = AttnShape {
+        n_heads: n_heads as u32,
+        n_kv: n_kv as u32,
+        head_dim: d as u32,
+        slots: slots as u32,
+        window: window as u32,
+    };
     let theta = 10000.0;
     let table = rope_table(d, theta, total);
-    let rope = gpu.storage_init("rope", bytemuck::cast_slice(&table)).unwrap();
+    let rope = gpu
+        .storage_init("rope", bytemuck::cast_slice(&table))
+        .unwrap();
     let width = (n_heads + 2 * n_kv) * d;
     let kc = gpu.storage("k", (slots * n_kv * d * 2) as u64).unwrap();
     let vc = gpu.storage("v", (slots * n_kv * d * 2) as u64).unwrap();
@@ -195,15 +297,39 @@ fn attention_sequence(n_heads: usize, n_kv: usize, d: usize, window: usize, chun
         }
         o
     };
-    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect() };
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect() };
     let mut pos0 = 0;
     for &t in steps {
         let qkv = rand_vec(&mut rng, t * width);
-        gpu.queue.write_buffer(&qkv_b, 0, bytemuck::cast_slice(&qkv));
+        gpu.queue
+            .write_buffer(&qkv_b, 0, bytemuck::cast_slice(&qkv));
         let out = poisoned(&gpu, chunk * n_heads * d);
         let step = step_buf(&gpu, t, pos0, 0);
-        let r = kernels::rope_kv(&pipes, &step, &qkv_b, &rope, &q, &kc, &vc, shape, chunk as u32).unwrap();
-        let a = kernels::attention(&pipes, &step, &q, &kc, &vc, &out, shape, chunk as u32, slots as u32).unwrap();
+        let r = kernels::rope_kv(
+            &pipes,
+            &step,
+            &qkv_b,
+            &rope,
+            &q,
+            &kc,
+            &vc,
+            shape,
+            chunk as u32,
+        )
+        .unwrap();
+        let a = kernels::attention(
+            &pipes,
+            &step,
+            &q,
+            &kc,
+            &vc,
+            &out,
+            shape,
+            chunk as u32,
+            slots as u32,
+        )
+        .unwrap();
         ops::run(&gpu, &[&r, &a]).unwrap();
         let got = read_f32(&gpu, &out, t * n_heads * d);
         let mut want = Vec::new();
@@ -221,25 +347,50 @@ fn attention_sequence(n_heads: usize, n_kv: usize, d: usize, window: usize, chun
                 keys[pos].extend(round(rot(kk, pos)));
                 vals[pos].extend(round(vv.to_vec()));
             }
-            qs.push((0..n_heads).map(|h| rot(&row[h * d..(h + 1) * d], pos)).collect::<Vec<_>>());
+            qs.push(
+                (0..n_heads)
+                    .map(|h| rot(&row[h * d..(h + 1) * d], pos))
+                    .collect::<Vec<_>>(),
+            );
         }
         for (tt, qh) in qs.iter().enumerate() {
             let i = pos0 + tt;
-            let lo = if window > 0 { (i + 1).saturating_sub(window) } else { 0 };
+            let lo = if window > 0 {
+                (i + 1).saturating_sub(window)
+            } else {
+                0
+            };
             for (h, qv) in qh.iter().enumerate() {
                 let kvh = h / (n_heads / n_kv);
                 let scores: Vec<f64> = (lo..=i)
-                    .map(|j| (0..d).map(|e| qv[e] as f64 * keys[j][kvh * d + e] as f64).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| qv[e] as f64 * keys[j][kvh * d + e] as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = p.iter().sum();
                 for e in 0..d {
-                    want.push(((lo..=i).zip(&p).map(|(j, pj)| pj * vals[j][kvh * d + e] as f64).sum::<f64>() / z) as f32);
+                    want.push(
+                        ((lo..=i)
+                            .zip(&p)
+                            .map(|(j, pj)| pj * vals[j][kvh * d + e] as f64)
+                            .sum::<f64>()
+                            / z) as f32,
+                    );
                 }
             }
         }
-        assert_close(&format!("attention at pos0={pos0} t={t}"), &got, &want, 2e-5, 1e-4);
+        assert_close(
+            &format!("attention at pos0={pos0} t={t}"),
+            &got,
+            &want,
+            2e-5,
+            1e-4,
+        );
         pos0 += t;
     }
 }

@@ -14,17 +14,28 @@ const TOL: f32 = 3e-2;
 const MIN_MARGIN: f64 = 1e-3;
 
 fn golden(model: &str) -> Value {
-    let p = common::shared_dir().join("models").join(model).join("golden.json");
+    let p = common::shared_dir()
+        .join("models")
+        .join(model)
+        .join("golden.json");
     serde_json::from_str(&std::fs::read_to_string(&p).expect("golden.json")).expect("golden json")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn load(model: &str, chunk: usize, ctx: usize) -> Model {
     let dir = common::shared_dir().join("models").join(model);
-    let opts = LoadOptions { prefill_chunk: chunk, max_context: Some(ctx), ..Default::default() };
+    let opts = LoadOptions {
+        prefill_chunk: chunk,
+        max_context: Some(ctx),
+        ..Default::default()
+    };
     Model::load(&dir, &opts).expect("model loads")
 }
 
@@ -36,17 +47,28 @@ fn check_top5(what: &str, logits: &[f32], top5: &Value) {
         let id = pair[0].as_u64().expect("id") as usize;
         let want = pair[1].as_f64().expect("logit") as f32;
         let got = logits[id];
-        assert!((got - want).abs() <= TOL, "{what}: logit of token {id} is {got}, golden {want}");
+        assert!(
+            (got - want).abs() <= TOL,
+            "{what}: logit of token {id} is {got}, golden {want}"
+        );
     }
     let top = list[0][0].as_u64().expect("id") as u32;
-    assert_eq!(argmax(logits), top, "{what}: argmax differs from the golden top-1");
+    assert_eq!(
+        argmax(logits),
+        top,
+        "{what}: argmax differs from the golden top-1"
+    );
 }
 
 /// Number of leading steps whose ids must match exactly (up to the first near-tie).
 fn robust_steps(margins: &Value, n: usize) -> usize {
     margins
         .as_array()
-        .map(|m| m.iter().position(|x| x.as_f64().unwrap_or(1.0) < MIN_MARGIN).unwrap_or(n))
+        .map(|m| {
+            m.iter()
+                .position(|x| x.as_f64().unwrap_or(1.0) < MIN_MARGIN)
+                .unwrap_or(n)
+        })
         .unwrap_or(n)
         .min(n)
 }
@@ -61,7 +83,11 @@ fn tiny_mistral_sliding_window_prefill_logits_every_position() {
         let mut s = model.session(true).unwrap();
         let rows = s.prefill_all(&prompt).unwrap();
         assert_eq!(rows.len(), prompt.len());
-        for (i, (row, top5)) in rows.iter().zip(g["prompt_top5_per_position"].as_array().unwrap()).enumerate() {
+        for (i, (row, top5)) in rows
+            .iter()
+            .zip(g["prompt_top5_per_position"].as_array().unwrap())
+            .enumerate()
+        {
             check_top5(&format!("chunk {chunk}, prompt position {i}"), row, top5);
         }
     }
@@ -74,21 +100,35 @@ fn tiny_mistral_greedy_decode_through_kv_cache() {
     let want = ids(&g["greedy_ids"]);
     let model = load("tiny-mistral-swa-gptq4", 16, 256);
     // The golden prompt is the first 48 ids of its prompt_text (three times the window).
-    let encoded = model.tokenizer.as_ref().unwrap().encode(g["prompt_text"].as_str().unwrap(), true).unwrap();
+    let encoded = model
+        .tokenizer
+        .as_ref()
+        .unwrap()
+        .encode(g["prompt_text"].as_str().unwrap(), true)
+        .unwrap();
     assert_eq!(&encoded[..prompt.len()], &prompt[..]);
     let n = robust_steps(&g["top1_top2_margin"], want.len());
     // Host path: logits read back each step, one token per decode step through the cache.
     let mut s = model.session(false).unwrap();
     let mut logits = s.prefill(&prompt).unwrap();
     for step in 0..n {
-        check_top5(&format!("greedy step {step}"), &logits, &g["greedy_top5_per_step"][step]);
+        check_top5(
+            &format!("greedy step {step}"),
+            &logits,
+            &g["greedy_top5_per_step"][step],
+        );
         let next = argmax(&logits);
         assert_eq!(next, want[step], "greedy step {step}");
         logits = s.decode(next).unwrap();
     }
     // GPU path: argmax on the GPU, next step reads the id there.
     let mut s = model.session(false).unwrap();
-    let opts = GenerateOptions { max_new_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![], top_logprobs: 0 };
+    let opts = GenerateOptions {
+        max_new_tokens: want.len(),
+        sampling: SamplingParams::default(),
+        stop_ids: vec![],
+        top_logprobs: 0,
+    };
     let out = s.generate(&prompt, &opts, |_| true).unwrap();
     assert_eq!(&out.ids()[..n], &want[..n]);
     // Without the window the answer would differ: the golden control proves the window matters here.
@@ -104,12 +144,21 @@ fn smollm2_greedy_and_teacher_forced_match_goldens() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
         if case["kind"] == "raw" {
-            assert_eq!(tok.encode(case["text"].as_str().unwrap(), true).unwrap(), prompt, "case {ci} prompt ids");
+            assert_eq!(
+                tok.encode(case["text"].as_str().unwrap(), true).unwrap(),
+                prompt,
+                "case {ci} prompt ids"
+            );
         }
         let n = robust_steps(&case["top1_top2_margin"], want.len());
         // Free-running greedy on the GPU (argmax there), 32 steps.
         let mut s = model.session(false).unwrap();
-        let opts = GenerateOptions { max_new_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![], top_logprobs: 0 };
+        let opts = GenerateOptions {
+            max_new_tokens: want.len(),
+            sampling: SamplingParams::default(),
+            stop_ids: vec![],
+            top_logprobs: 0,
+        };
         let out = s.generate(&prompt, &opts, |_| true).unwrap();
         assert_eq!(&out.ids()[..n], &want[..n], "case {ci}: greedy ids");
         // Host path with logits: the golden top-5 of the first 8 steps.
@@ -129,7 +178,11 @@ fn smollm2_greedy_and_teacher_forced_match_goldens() {
             if margins[step].as_f64().unwrap_or(1.0) < MIN_MARGIN {
                 continue; // a near-tie in the golden itself
             }
-            assert_eq!(argmax(&rows[prompt.len() - 1 + step]), w, "case {ci}: teacher-forced step {step}");
+            assert_eq!(
+                argmax(&rows[prompt.len() - 1 + step]),
+                w,
+                "case {ci}: teacher-forced step {step}"
+            );
         }
     }
 }

@@ -37,7 +37,8 @@ pub struct Gpu {
 
 /// Names of the adapters wgpu finds, in selection order.
 pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
         .iter()
         .map(|a| a.get_info())
@@ -46,7 +47,8 @@ pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
 
 impl Gpu {
     pub fn new(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         let adapter = match &opts.adapter {
             Some(sel) => {
@@ -85,16 +87,21 @@ impl Gpu {
         let features = adapter.features();
         let mut required = wgpu::Features::empty();
         let fixed_subgroup = info.subgroup_min_size == info.subgroup_max_size;
-        let subgroup_size = if features.contains(wgpu::Features::SUBGROUP) && fixed_subgroup && !opts.no_subgroups
+        let subgroup_size = if features.contains(wgpu::Features::SUBGROUP)
+            && fixed_subgroup
+            && !opts.no_subgroups
         {
             required |= wgpu::Features::SUBGROUP;
             Some(info.subgroup_min_size)
         } else {
             None
         };
-        let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let timestamps = features.contains(
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        );
         if timestamps {
-            required |= wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+            required |=
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         }
         // wgpu's defaults are lower than real adapters allow: ask for what the adapter has.
         let limits = adapter.limits();
@@ -140,11 +147,15 @@ impl Gpu {
         } else {
             data
         };
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        }))
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
     }
 
     /// An uninitialised (zeroed by wgpu) storage buffer of `size` bytes.
@@ -153,18 +164,21 @@ impl Gpu {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(16).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
     }
 
     /// A uniform buffer initialised from `data`.
     pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: data,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     fn check_binding(&self, what: &str, size: u64) -> Result<()> {

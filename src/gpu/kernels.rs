@@ -4,8 +4,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::ops::{make_key, Dispatch, Pipelines};
-use super::shader::KernelKey;
 use super::shader::Kernel;
+use super::shader::KernelKey;
 use crate::error::{Error, Result};
 
 #[repr(C)]
@@ -85,7 +85,11 @@ pub fn rmsnorm(
 ) -> Result<Dispatch> {
     pipes.dispatch(
         pipes.key(Kernel::RmsNorm, ROW_WG, &[]),
-        &NormParams { n, eps, _pad: [0; 2] },
+        &NormParams {
+            n,
+            eps,
+            _pad: [0; 2],
+        },
         step,
         &[x, weight, y],
         [capacity, 1, 1],
@@ -150,7 +154,8 @@ pub fn rope_kv(
         step,
         &[qkv, rope_table, q, k_cache, v_cache],
         [threads.div_ceil(EW_WG), capacity, 1],
-        ((s.n_heads + 2 * s.n_kv) * s.head_dim * 4 + (s.n_heads * 4 + s.n_kv * 4) * s.head_dim) as u64,
+        ((s.n_heads + 2 * s.n_kv) * s.head_dim * 4 + (s.n_heads * 4 + s.n_kv * 4) * s.head_dim)
+            as u64,
     )
 }
 
@@ -250,7 +255,11 @@ pub fn stream(
 ) -> Result<Dispatch> {
     let wg = 256;
     let groups = threads / wg;
-    let (gx, gy) = if groups > 65535 { (65535, groups.div_ceil(65535)) } else { (groups, 1) };
+    let (gx, gy) = if groups > 65535 {
+        (65535, groups.div_ceil(65535))
+    } else {
+        (groups, 1)
+    };
     pipes.dispatch(
         pipes.key(Kernel::Stream, wg, &[]),
         &P4 {

@@ -6,8 +6,8 @@ use half::f16;
 
 use super::context::Gpu;
 use super::ops::{make_key, Dispatch, Pipelines};
-use super::shader::KernelKey;
 use super::shader::Kernel;
+use super::shader::KernelKey;
 use crate::error::{Error, Result};
 use crate::prep::PreparedGptq;
 
@@ -72,7 +72,10 @@ pub fn upload_gptq(gpu: &Gpu, label: &str, p: &PreparedGptq) -> Result<GpuGptq> 
             reason: format!("out_features {} is not a multiple of 4", p.n),
         });
     }
-    let qweight = gpu.storage_init(&format!("{label}.qweight"), bytemuck::cast_slice(&p.qweight))?;
+    let qweight = gpu.storage_init(
+        &format!("{label}.qweight"),
+        bytemuck::cast_slice(&p.qweight),
+    )?;
     let scales = gpu.storage_init(&format!("{label}.scales"), bytemuck::cast_slice(&p.scales))?;
     let zeros = match &p.zeros {
         Some(z) => Some(gpu.storage_init(&format!("{label}.zeros"), bytemuck::cast_slice(z))?),
@@ -82,7 +85,9 @@ pub fn upload_gptq(gpu: &Gpu, label: &str, p: &PreparedGptq) -> Result<GpuGptq> 
         Some(v) => Some(gpu.storage_init(&format!("{label}.perm"), bytemuck::cast_slice(v))?),
         None => None,
     };
-    let bytes = (p.qweight.len() * 4 + p.scales.len() * 2 + p.zeros.as_ref().map_or(0, |z| z.len() * 2)) as u64;
+    let bytes = (p.qweight.len() * 4
+        + p.scales.len() * 2
+        + p.zeros.as_ref().map_or(0, |z| z.len() * 2)) as u64;
     Ok(GpuGptq {
         bits: p.bits,
         k: p.k,
@@ -174,7 +179,14 @@ pub const F16_ROWS: u32 = 4;
 pub const F16_LANES: u32 = 64;
 
 /// The GPTQ kernel variant for a matrix and mode (pure: also enumerated by the no-GPU shader test).
-pub fn gptq_key(bits: u32, perm: bool, zero_buf: bool, add: bool, gemm: bool, sg: Option<u32>) -> KernelKey {
+pub fn gptq_key(
+    bits: u32,
+    perm: bool,
+    zero_buf: bool,
+    add: bool,
+    gemm: bool,
+    sg: Option<u32>,
+) -> KernelKey {
     let mut d = vec![
         ("BITS", bits),
         ("PERM", perm as u32),
@@ -243,7 +255,14 @@ pub fn linear_dispatches(
                 _pad: 0,
             };
             let sg = pipes.gpu.caps.subgroup_size;
-            let key = gptq_key(g.bits, g.perm.is_some(), g.zeros.is_some(), mode.add, mode.gemm, sg);
+            let key = gptq_key(
+                g.bits,
+                g.perm.is_some(),
+                g.zeros.is_some(),
+                mode.add,
+                mode.gemm,
+                sg,
+            );
             let n4 = (g.n / 4) as u32;
             let groups = if mode.gemm {
                 [n4.div_ceil(GEMM_COLS4), mode.capacity.div_ceil(GEMM_TM), 1]

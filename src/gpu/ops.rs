@@ -23,7 +23,12 @@ pub struct StepParams {
 
 /// A kernel key with the defines every kernel gets: workgroup size and the subgroup choice. Pure, so the
 /// no-GPU tests can enumerate exactly the keys the planner produces.
-pub fn make_key(kernel: Kernel, wg: u32, subgroup: Option<u32>, extra: &[(&'static str, u32)]) -> KernelKey {
+pub fn make_key(
+    kernel: Kernel,
+    wg: u32,
+    subgroup: Option<u32>,
+    extra: &[(&'static str, u32)],
+) -> KernelKey {
     let mut key = KernelKey::new(kernel, extra);
     key.defines.insert("WG", wg);
     // Subgroup reductions need whole subgroups inside the workgroup.
@@ -81,8 +86,12 @@ impl Pipelines {
                     ty: wgpu::BindingType::Buffer {
                         ty: match b {
                             Binding::Uniform => wgpu::BufferBindingType::Uniform,
-                            Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
-                            Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                            Binding::ReadOnly => {
+                                wgpu::BufferBindingType::Storage { read_only: true }
+                            }
+                            Binding::ReadWrite => {
+                                wgpu::BufferBindingType::Storage { read_only: false }
+                            }
                         },
                         has_dynamic_offset: false,
                         min_binding_size: None,
@@ -139,10 +148,18 @@ impl Pipelines {
         if buffers.len() + 2 != want {
             return Err(Error::Gpu {
                 op: label,
-                reason: format!("{} buffers bound, kernel has {} bindings", buffers.len() + 2, want),
+                reason: format!(
+                    "{} buffers bound, kernel has {} bindings",
+                    buffers.len() + 2,
+                    want
+                ),
             });
         }
-        let max_groups = self.gpu.device.limits().max_compute_workgroups_per_dimension;
+        let max_groups = self
+            .gpu
+            .device
+            .limits()
+            .max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max_groups) {
             return Err(Error::DeviceLimit {
                 what: format!("{label} workgroup grid {groups:?}"),
@@ -168,11 +185,13 @@ impl Pipelines {
                     resource: b.as_entire_binding(),
                 });
             }
-            self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&label),
-                layout: &compiled.layout,
-                entries: &entries,
-            })
+            self.gpu
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&label),
+                    layout: &compiled.layout,
+                    entries: &entries,
+                })
         })?;
         Ok(Dispatch {
             label,
@@ -209,7 +228,11 @@ impl Dispatch {
 /// Runs dispatches in one compute pass and one submit.
 pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
     gpu.scoped("step", || {
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("step"),

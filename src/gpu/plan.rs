@@ -96,7 +96,12 @@ fn upload_linear(gpu: &Gpu, files: &ModelFiles, label: &str, lin: &Linear) -> Re
 }
 
 /// Uploads projections that read the same input, fused along N when their layouts allow.
-fn upload_fused(gpu: &Gpu, files: &ModelFiles, label: &str, parts: &[(&str, &Linear)]) -> Result<Vec<(GpuLinear, u32)>> {
+fn upload_fused(
+    gpu: &Gpu,
+    files: &ModelFiles,
+    label: &str,
+    parts: &[(&str, &Linear)],
+) -> Result<Vec<(GpuLinear, u32)>> {
     let all_gptq = parts.iter().all(|(_, l)| matches!(l, Linear::Gptq { .. }));
     if all_gptq {
         let preps = parts
@@ -106,12 +111,18 @@ fn upload_fused(gpu: &Gpu, files: &ModelFiles, label: &str, parts: &[(&str, &Lin
         if let Some(preps) = preps {
             let refs: Vec<&PreparedGptq> = preps.iter().collect();
             if let Some(cat) = prep::concat_n(&refs) {
-                return Ok(vec![(GpuLinear::Gptq(linear::upload_gptq(gpu, label, &cat)?), 0)]);
+                return Ok(vec![(
+                    GpuLinear::Gptq(linear::upload_gptq(gpu, label, &cat)?),
+                    0,
+                )]);
             }
             let mut out = Vec::new();
             let mut col = 0u32;
             for ((name, _), p) in parts.iter().zip(&preps) {
-                out.push((GpuLinear::Gptq(linear::upload_gptq(gpu, &format!("{label}.{name}"), p)?), col));
+                out.push((
+                    GpuLinear::Gptq(linear::upload_gptq(gpu, &format!("{label}.{name}"), p)?),
+                    col,
+                ));
                 col += p.n as u32;
             }
             return Ok(out);
@@ -120,7 +131,10 @@ fn upload_fused(gpu: &Gpu, files: &ModelFiles, label: &str, parts: &[(&str, &Lin
     let mut out = Vec::new();
     let mut col = 0u32;
     for (name, l) in parts {
-        out.push((upload_linear(gpu, files, &format!("{label}.{name}"), l)?, col));
+        out.push((
+            upload_linear(gpu, files, &format!("{label}.{name}"), l)?,
+            col,
+        ));
         col += l.n() as u32;
     }
     Ok(out)
@@ -147,9 +161,14 @@ impl GpuWeights {
         let cfg = files.config.clone();
         let w = &files.weights;
         let ck = &files.checkpoint;
-        let embed = match linear::upload_f16(gpu, "embed", ck.bytes(&w.embed), cfg.vocab_size, cfg.hidden_size)? {
-            GpuF16 { chunks, .. } => chunks,
-        };
+        let embed = linear::upload_f16(
+            gpu,
+            "embed",
+            ck.bytes(&w.embed),
+            cfg.vocab_size,
+            cfg.hidden_size,
+        )?
+        .chunks;
         let norm = |label: &str, t: &crate::model::TensorRef| -> Result<wgpu::Buffer> {
             let v: Vec<f16> = ck.halfs(t);
             linear::upload_f16_as_f32(gpu, label, &v)
@@ -161,14 +180,28 @@ impl GpuWeights {
             let layer = GpuLayer {
                 input_norm: norm(&format!("{p}.input_norm"), &l.input_norm)?,
                 post_norm: norm(&format!("{p}.post_norm"), &l.post_norm)?,
-                qkv: upload_fused(gpu, files, &format!("{p}.qkv"), &[("q", &l.q), ("k", &l.k), ("v", &l.v)])?,
+                qkv: upload_fused(
+                    gpu,
+                    files,
+                    &format!("{p}.qkv"),
+                    &[("q", &l.q), ("k", &l.k), ("v", &l.v)],
+                )?,
                 o: upload_linear(gpu, files, &format!("{p}.o"), &l.o)?,
-                gate_up: upload_fused(gpu, files, &format!("{p}.gate_up"), &[("gate", &l.gate), ("up", &l.up)])?,
+                gate_up: upload_fused(
+                    gpu,
+                    files,
+                    &format!("{p}.gate_up"),
+                    &[("gate", &l.gate), ("up", &l.up)],
+                )?,
                 down: upload_linear(gpu, files, &format!("{p}.down"), &l.down)?,
             };
             decode_bytes += layer.qkv.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
                 + layer.o.weight_bytes()
-                + layer.gate_up.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
+                + layer
+                    .gate_up
+                    .iter()
+                    .map(|(l, _)| l.weight_bytes())
+                    .sum::<u64>()
                 + layer.down.weight_bytes();
             layers.push(layer);
         }
@@ -250,7 +283,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(gpu: &Arc<Gpu>, pipes: &Pipelines, w: &GpuWeights, shape: PlanShape) -> Result<Plan> {
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        pipes: &Pipelines,
+        w: &GpuWeights,
+        shape: PlanShape,
+    ) -> Result<Plan> {
         let c = &w.config;
         let cap = shape.chunk.max(1);
         let (h, hd) = (c.hidden_size, c.head_dim);
@@ -323,22 +361,100 @@ fn build(
     let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, cap)?;
     for (i, l) in w.layers.iter().enumerate() {
         let (kc, vc) = &b.kv[i];
-        d.push(kernels::rmsnorm(pipes, step, &b.x, &l.input_norm, &b.xn, h, c.rms_norm_eps, cap)?);
+        d.push(kernels::rmsnorm(
+            pipes,
+            step,
+            &b.x,
+            &l.input_norm,
+            &b.xn,
+            h,
+            c.rms_norm_eps,
+            cap,
+        )?);
         for (lin, col0) in &l.qkv {
-            d.extend(linear::linear_dispatches(pipes, step, lin, &b.xn, &b.qkv, &b.dummy, mode(false, qkv_n, *col0))?);
+            d.extend(linear::linear_dispatches(
+                pipes,
+                step,
+                lin,
+                &b.xn,
+                &b.qkv,
+                &b.dummy,
+                mode(false, qkv_n, *col0),
+            )?);
         }
-        d.push(kernels::rope_kv(pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap)?);
-        d.push(kernels::attention(pipes, step, &b.q, kc, vc, &b.attn, attn, cap, shape.slots as u32)?);
-        d.extend(linear::linear_dispatches(pipes, step, &l.o, &b.attn, &b.x, &b.dummy, mode(true, h, 0))?);
-        d.push(kernels::rmsnorm(pipes, step, &b.x, &l.post_norm, &b.xn, h, c.rms_norm_eps, cap)?);
+        d.push(kernels::rope_kv(
+            pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap,
+        )?);
+        d.push(kernels::attention(
+            pipes,
+            step,
+            &b.q,
+            kc,
+            vc,
+            &b.attn,
+            attn,
+            cap,
+            shape.slots as u32,
+        )?);
+        d.extend(linear::linear_dispatches(
+            pipes,
+            step,
+            &l.o,
+            &b.attn,
+            &b.x,
+            &b.dummy,
+            mode(true, h, 0),
+        )?);
+        d.push(kernels::rmsnorm(
+            pipes,
+            step,
+            &b.x,
+            &l.post_norm,
+            &b.xn,
+            h,
+            c.rms_norm_eps,
+            cap,
+        )?);
         let i2 = 2 * c.intermediate_size as u32;
         for (lin, col0) in &l.gate_up {
-            d.extend(linear::linear_dispatches(pipes, step, lin, &b.xn, &b.gate_up, &b.dummy, mode(false, i2, *col0))?);
+            d.extend(linear::linear_dispatches(
+                pipes,
+                step,
+                lin,
+                &b.xn,
+                &b.gate_up,
+                &b.dummy,
+                mode(false, i2, *col0),
+            )?);
         }
-        d.push(kernels::silu_mul(pipes, step, &b.gate_up, &b.act, c.intermediate_size as u32, cap)?);
-        d.extend(linear::linear_dispatches(pipes, step, &l.down, &b.act, &b.x, &b.dummy, mode(true, h, 0))?);
+        d.push(kernels::silu_mul(
+            pipes,
+            step,
+            &b.gate_up,
+            &b.act,
+            c.intermediate_size as u32,
+            cap,
+        )?);
+        d.extend(linear::linear_dispatches(
+            pipes,
+            step,
+            &l.down,
+            &b.act,
+            &b.x,
+            &b.dummy,
+            mode(true, h, 0),
+        )?);
     }
-    d.push(kernels::rmsnorm(pipes, step, &b.x, &w.final_norm, &b.xn, h, c.rms_norm_eps, cap)?);
+    d.push(kernels::rmsnorm(
+        pipes,
+        step,
+        &b.x,
+        &w.final_norm,
+        &b.xn,
+        h,
+        c.rms_norm_eps,
+        cap,
+    )?);
     let v = c.vocab_size as u32;
     d.extend(linear::linear_dispatches(
         pipes,
@@ -357,7 +473,9 @@ fn build(
         },
     )?);
     if last_only {
-        d.push(kernels::argmax(pipes, step, &b.logits, &b.tokens, &b.out_ids, v, 0)?);
+        d.push(kernels::argmax(
+            pipes, step, &b.logits, &b.tokens, &b.out_ids, v, 0,
+        )?);
     }
     Ok(d)
 }

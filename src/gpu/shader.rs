@@ -142,7 +142,10 @@ impl KernelKey {
 
 /// Applies `//#if NAME` / `//#else` / `//#endif` (NAME must be defined; non-zero is true) and replaces
 /// `{{NAME}}` with the define's value. Unknown names and unbalanced blocks are errors, never silently skipped.
-pub fn preprocess(src: &str, defines: &BTreeMap<&'static str, u32>) -> std::result::Result<String, String> {
+pub fn preprocess(
+    src: &str,
+    defines: &BTreeMap<&'static str, u32>,
+) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(src.len());
     // Stack of (this block active, any branch taken so far).
     let mut stack: Vec<(bool, bool)> = Vec::new();
@@ -151,9 +154,9 @@ pub fn preprocess(src: &str, defines: &BTreeMap<&'static str, u32>) -> std::resu
         let trimmed = line.trim_start();
         if let Some(name) = trimmed.strip_prefix("//#if ") {
             let name = name.trim();
-            let value = defines
-                .get(name)
-                .ok_or_else(|| format!("line {}: `//#if {name}` but {name} is not defined", no + 1))?;
+            let value = defines.get(name).ok_or_else(|| {
+                format!("line {}: `//#if {name}` but {name} is not defined", no + 1)
+            })?;
             stack.push((*value != 0, *value != 0));
             continue;
         }

@@ -1,0 +1,571 @@
+//! The benchmark runner: loads a model the way users do (timing each phase), measures the adapter's streaming
+//! bandwidth as the decode roofline, then prefill throughput per prompt length and decode speed per context
+//! length, and optionally a per-op GPU profile of one decode step. Results are typed ([`BenchReport`]) so the CLI,
+//! CI and scripts read the same numbers; [`BenchReport::table`] and [`BenchReport::to_json`] render them.
+//!
+//! Timing rules: wall clock for what a user waits for (a whole prefill; a decode run of `decode_tokens` greedy
+//! steps, each ending with its token readback), medians over `runs` after `warmup` runs; GPU timestamps only for
+//! the ceiling and the per-op profile, where the host's share would distort the figure.
+
+mod profile;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+pub use report::{
+    AdapterReport, BenchReport, CeilingReport, DecodeResult, LoadReport, MemoryReport, ModelReport,
+    OpProfile, OpRow, PrefillResult, QuantReport, SettingsReport,
+};
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels;
+use crate::gpu::linear::GpuLinear;
+use crate::gpu::plan::{GpuWeights, Plan};
+use crate::gpu::{DeviceOptions, Dispatch, Gpu, Pipelines};
+use crate::model::{CheckpointFormat, ModelFiles};
+use crate::sampling::argmax;
+use crate::session::{LoadOptions, Model, Session};
+use profile::ProfileSetup;
+use report::median;
+
+/// The wgpu release this crate is built against (reported with every result).
+pub const WGPU_VERSION: &str = "30.0.2";
+
+/// Largest buffer the bandwidth ceiling streams through.
+pub const CEILING_MAX_BYTES: u64 = 1 << 30;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model_dir: PathBuf,
+    /// Prompt lengths whose prefill is timed.
+    pub prompt_lens: Vec<usize>,
+    /// Cache lengths at which decode is timed.
+    pub contexts: Vec<usize>,
+    /// Greedy decode steps per timed run.
+    pub decode_tokens: usize,
+    /// Timed runs per measurement (the median is reported).
+    pub runs: usize,
+    /// Untimed runs before them.
+    pub warmup: usize,
+    /// Per-op GPU profile of one decode step at each context (needs timestamp queries).
+    pub profile: bool,
+    /// Tokens per prefill step.
+    pub prefill_chunk: usize,
+    pub device: DeviceOptions,
+    /// Seed of the random prompt token ids.
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            model_dir: PathBuf::new(),
+            prompt_lens: vec![512],
+            contexts: vec![16, 4096],
+            decode_tokens: 64,
+            runs: 5,
+            warmup: 1,
+            profile: false,
+            prefill_chunk: LoadOptions::default().prefill_chunk,
+            device: DeviceOptions::default(),
+            seed: 0,
+        }
+    }
+}
+
+fn invalid(name: &str, value: impl ToString, reason: &str) -> Error {
+    Error::InvalidArgument {
+        name: name.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl BenchOptions {
+    fn validate(&self) -> Result<()> {
+        if self.runs == 0 {
+            return Err(invalid("runs", 0, "at least one timed run is needed"));
+        }
+        if self.decode_tokens == 0 && !self.contexts.is_empty() {
+            return Err(invalid(
+                "decode_tokens",
+                0,
+                "at least one decode step per run is needed",
+            ));
+        }
+        if self.prefill_chunk == 0 {
+            return Err(invalid("prefill_chunk", 0, "must be at least 1"));
+        }
+        if let Some(&bad) = self.prompt_lens.iter().find(|&&p| p == 0) {
+            return Err(invalid(
+                "prompt_lens",
+                bad,
+                "prompt lengths must be at least 1",
+            ));
+        }
+        if let Some(&bad) = self.contexts.iter().find(|&&c| c == 0) {
+            return Err(invalid(
+                "contexts",
+                bad,
+                "contexts must be at least 1 (the prefill before decoding)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Longest context a session must hold for these measurements.
+    pub fn max_context(&self) -> usize {
+        let p = self.prompt_lens.iter().copied().max().unwrap_or(1);
+        let c = self
+            .contexts
+            .iter()
+            .map(|c| c + self.decode_tokens)
+            .max()
+            .unwrap_or(1);
+        p.max(c)
+    }
+}
+
+/// Runs the benchmark described by `opts`.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    run_with_progress(opts, |_| {})
+}
+
+/// [`run`], telling `progress` what it is about to do (for long runs on big models).
+pub fn run_with_progress(
+    opts: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport> {
+    opts.validate()?;
+    let t_all = Instant::now();
+    progress(&format!(
+        "opening and validating {}",
+        opts.model_dir.display()
+    ));
+    let t = Instant::now();
+    let files = ModelFiles::open(&opts.model_dir)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let cfg = files.config.clone();
+    let need = opts.max_context();
+    if need > cfg.max_position_embeddings {
+        return Err(Error::ContextOverflow {
+            tokens: need,
+            limit: cfg.max_position_embeddings,
+        });
+    }
+    let model_report = model_report(&files);
+
+    progress("creating the device");
+    let t = Instant::now();
+    let gpu = Gpu::new(&opts.device)?;
+    let device_s = t.elapsed().as_secs_f64();
+
+    progress("preparing and uploading the weights");
+    let load = LoadOptions {
+        device: opts.device.clone(),
+        max_context: Some(need),
+        prefill_chunk: opts.prefill_chunk,
+    };
+    let t = Instant::now();
+    let model = Model::from_parts(gpu.clone(), files, None, &load)?;
+    let upload_s = t.elapsed().as_secs_f64();
+
+    progress("measuring the streaming-read ceiling");
+    let ceiling = measure_ceiling(&gpu, &model.pipes, opts.runs.max(3))?;
+
+    progress("building the session plan");
+    let t = Instant::now();
+    let mut session = model.session(false)?;
+    let session_s = t.elapsed().as_secs_f64();
+    let load_report = LoadReport {
+        open_validate_s: open_s,
+        device_init_s: device_s,
+        prep_upload_s: upload_s,
+        session_s,
+        total_s: open_s + device_s + upload_s + session_s,
+    };
+    let weights_bytes = weights_bytes(&model.weights);
+    let session_bytes = session_bytes(session.plan(), cfg.vocab_size);
+    let memory = MemoryReport {
+        weights_bytes,
+        session_bytes,
+        total_bytes: weights_bytes + session_bytes,
+        method: "sum of buffer sizes allocated for the weights and one session (KV cache, activations, readback); \
+                 parameter blocks and driver overhead not counted"
+            .into(),
+    };
+
+    let mut rng = SmallRng::seed_from_u64(opts.seed);
+    let vocab = cfg.vocab_size as u32;
+    let mut random_tokens =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
+    let total_runs = opts.warmup + opts.runs;
+
+    let mut prefill = Vec::with_capacity(opts.prompt_lens.len());
+    for &len in &opts.prompt_lens {
+        progress(&format!("prefill of {len} tokens"));
+        let prompt = random_tokens(len);
+        let mut runs_ms = Vec::with_capacity(opts.runs);
+        let mut finite = true;
+        for run in 0..total_runs {
+            session.reset();
+            let t = Instant::now();
+            let logits = session.prefill(&prompt)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if run >= opts.warmup {
+                runs_ms.push(ms);
+            }
+            if run + 1 == total_runs {
+                finite = logits.iter().all(|x| x.is_finite());
+            }
+        }
+        let ms = median(&runs_ms);
+        prefill.push(PrefillResult {
+            prompt_len: len,
+            tok_s: if ms > 0.0 { len as f64 * 1e3 / ms } else { 0.0 },
+            ms,
+            runs_ms,
+            logits_finite: finite,
+        });
+    }
+
+    let decode_bytes = model.weights.decode_bytes;
+    let mut profile_note = None;
+    if opts.profile && !gpu.caps.timestamps {
+        profile_note = Some(
+            "timestamps unavailable on this adapter (needs TIMESTAMP_QUERY and TIMESTAMP_QUERY_INSIDE_PASSES): \
+             no per-op table"
+                .to_string(),
+        );
+    }
+    let setup = ProfileSetup {
+        layers: cfg.num_layers,
+        window: cfg.sliding_window,
+        ceiling_gbps: ceiling.gbps,
+        steps: opts.runs,
+    };
+    let mut decode = Vec::with_capacity(opts.contexts.len());
+    for &ctx in &opts.contexts {
+        progress(&format!("decode at context {ctx}"));
+        session.reset();
+        let logits = session.prefill(&random_tokens(ctx))?;
+        let first = argmax(&logits);
+        let mut runs_ms = Vec::with_capacity(opts.runs);
+        let mut encode_us = Vec::with_capacity(opts.runs);
+        for run in 0..total_runs {
+            let (ms, enc) = decode_run(&mut session, ctx, first, opts.decode_tokens)?;
+            if run >= opts.warmup {
+                runs_ms.push(ms);
+                encode_us.push(enc);
+            }
+        }
+        let profile = if opts.profile && gpu.caps.timestamps {
+            session.rewind(ctx);
+            match profile::profile_decode(&session, first, &setup) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    profile_note = Some(format!("per-op profile failed: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ms = median(&runs_ms);
+        let gbps = if ms > 0.0 {
+            decode_bytes as f64 / (ms * 1e6)
+        } else {
+            0.0
+        };
+        decode.push(DecodeResult {
+            context: ctx,
+            tokens: opts.decode_tokens,
+            tok_s: if ms > 0.0 { 1e3 / ms } else { 0.0 },
+            ms_per_token: ms,
+            achieved_gbps: gbps,
+            pct_of_ceiling: if ceiling.gbps > 0.0 {
+                100.0 * gbps / ceiling.gbps
+            } else {
+                0.0
+            },
+            cpu_encode_us_per_token: median(&encode_us),
+            runs_ms_per_token: runs_ms,
+            profile,
+        });
+    }
+    tracing::info!(
+        seconds = t_all.elapsed().as_secs_f64(),
+        "benchmark finished"
+    );
+
+    let info = &gpu.adapter_info;
+    Ok(BenchReport {
+        wgpu_version: WGPU_VERSION.into(),
+        adapter: AdapterReport {
+            name: info.name.clone(),
+            backend: info.backend.to_string(),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            vendor: info.vendor,
+            device: info.device,
+            subgroup_size: gpu.caps.subgroup_size,
+            timestamps: gpu.caps.timestamps,
+            max_binding_size: gpu.caps.max_binding_size,
+        },
+        model: model_report,
+        settings: SettingsReport {
+            prompt_lens: opts.prompt_lens.clone(),
+            contexts: opts.contexts.clone(),
+            decode_tokens: opts.decode_tokens,
+            runs: opts.runs,
+            warmup: opts.warmup,
+            prefill_chunk: opts.prefill_chunk,
+            max_context: need,
+            seed: opts.seed,
+        },
+        load: load_report,
+        memory,
+        decode_bytes_per_token: decode_bytes,
+        ceiling,
+        prefill,
+        decode,
+        profile_note,
+    })
+}
+
+/// One timed decode run from context `ctx`: (wall ms per token, host encode µs per token).
+fn decode_run(session: &mut Session, ctx: usize, first: u32, tokens: usize) -> Result<(f64, f64)> {
+    session.rewind(ctx);
+    let mut tok = first;
+    let mut encode = Duration::ZERO;
+    let t = Instant::now();
+    for _ in 0..tokens {
+        tok = session.decode_greedy(tok)?;
+        encode += session.last_encode_time();
+    }
+    let n = tokens as f64;
+    Ok((
+        t.elapsed().as_secs_f64() * 1e3 / n,
+        encode.as_secs_f64() * 1e6 / n,
+    ))
+}
+
+fn model_report(files: &ModelFiles) -> ModelReport {
+    let c = &files.config;
+    ModelReport {
+        dir: files.dir.display().to_string(),
+        arch: format!("{:?}", c.arch),
+        layers: c.num_layers,
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        vocab: c.vocab_size,
+        sliding_window: c.sliding_window,
+        quant: files.quant.map(|q| QuantReport {
+            bits: q.bits,
+            group_size: q.group_size,
+            act_order: q.desc_act,
+            format: match q.format {
+                CheckpointFormat::V1 => "gptq".into(),
+                CheckpointFormat::V2 => "gptq_v2".into(),
+            },
+        }),
+    }
+}
+
+/// Timestamp query set and buffers for one pass (begin, end).
+struct PassTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl PassTimer {
+    fn new(gpu: &Gpu) -> PassTimer {
+        let d = &gpu.device;
+        let buf = |label, usage| {
+            d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        PassTimer {
+            set: d.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("ceiling"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: buf(
+                "ceiling resolve",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            staging: buf(
+                "ceiling readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+        }
+    }
+}
+
+/// Runs `reps` copies of the stream dispatch in one pass and one submit: (wall seconds, GPU seconds).
+fn time_stream(
+    gpu: &Gpu,
+    d: &Dispatch,
+    reps: u32,
+    timer: Option<&PassTimer>,
+) -> Result<(f64, Option<f64>)> {
+    let cmd = gpu.scoped("ceiling", || {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("ceiling"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("ceiling"),
+                timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            for _ in 0..reps {
+                d.record(&mut pass);
+            }
+        }
+        if let Some(t) = timer {
+            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.staging, 0, 16);
+        }
+        enc.finish()
+    })?;
+    let t0 = Instant::now();
+    gpu.scoped("ceiling submit", || gpu.queue.submit([cmd]))?;
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu {
+            op: "ceiling".into(),
+            reason: e.to_string(),
+        })?;
+    let wall = t0.elapsed().as_secs_f64();
+    let gpu_s = match timer {
+        Some(t) => {
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.staging, 16)?);
+            let period = gpu.queue.get_timestamp_period() as f64;
+            match ticks.as_slice() {
+                [a, b, ..] if b > a => Some((b - a) as f64 * period * 1e-9),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    Ok((wall, gpu_s))
+}
+
+/// Streaming-read bandwidth over a buffer of min(1 GiB, max binding) bytes: the `stream` kernel read `reps`
+/// times per submit (enough for ≈ 20 ms, so submit overhead is small), median of `runs` submits.
+fn measure_ceiling(gpu: &Arc<Gpu>, pipes: &Pipelines, runs: usize) -> Result<CeilingReport> {
+    let size = CEILING_MAX_BYTES
+        .min(gpu.caps.max_binding_size)
+        .min(gpu.caps.max_buffer_size)
+        / 256
+        * 256;
+    let n_vec4 = size / 16;
+    let threads = (n_vec4 / 16).max(256).next_multiple_of(256);
+    let src = gpu.storage("bench.stream.src", size)?;
+    // Non-zero contents, so no driver or memory compression can shortcut the reads.
+    let piece: Vec<u32> = (0..(16u64 << 20).min(size / 4) as u32)
+        .map(|i| i.wrapping_mul(0x9E37_79B1) | 1)
+        .collect();
+    let piece: &[u8] = bytemuck::cast_slice(&piece);
+    let mut off = 0u64;
+    while off < size {
+        let len = (piece.len() as u64).min(size - off) as usize;
+        gpu.queue.write_buffer(&src, off, &piece[..len]);
+        off += len as u64;
+    }
+    let dst = gpu.storage("bench.stream.dst", threads * 4)?;
+    let step = gpu.uniform_init("bench.step", &[0u8; 16]);
+    let d = kernels::stream(pipes, &step, &src, &dst, n_vec4 as u32, threads as u32)?;
+    let timer = gpu.caps.timestamps.then(|| PassTimer::new(gpu));
+    let (t1, _) = time_stream(gpu, &d, 1, None)?;
+    let reps = ((0.02 / t1.max(1e-6)).ceil() as u32).clamp(1, 64);
+    let mut wall = Vec::with_capacity(runs);
+    let mut ts = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (w, g) = time_stream(gpu, &d, reps, timer.as_ref())?;
+        let bytes = size as f64 * reps as f64;
+        wall.push(bytes / w / 1e9);
+        if let Some(g) = g {
+            ts.push(bytes / g / 1e9);
+        }
+    }
+    let wall_gbps = median(&wall);
+    let timestamp_gbps = (!ts.is_empty()).then(|| median(&ts));
+    Ok(CeilingReport {
+        buffer_bytes: size,
+        reads_per_submit: reps,
+        runs,
+        wall_gbps,
+        timestamp_gbps,
+        gbps: timestamp_gbps.unwrap_or(wall_gbps),
+        source: if timestamp_gbps.is_some() {
+            "pass timestamps"
+        } else {
+            "wall clock"
+        }
+        .into(),
+    })
+}
+
+fn linear_bytes(l: &GpuLinear) -> u64 {
+    match l {
+        GpuLinear::Gptq(g) => {
+            g.qweight.size()
+                + g.scales.size()
+                + g.zeros.as_ref().map_or(0, |b| b.size())
+                + g.perm.as_ref().map_or(0, |b| b.size())
+        }
+        GpuLinear::F16(f) => f.chunks.iter().map(|(b, _, _)| b.size()).sum(),
+    }
+}
+
+/// Bytes of every weight buffer (the tied head shares the embedding's buffers and is not counted twice).
+pub fn weights_bytes(w: &GpuWeights) -> u64 {
+    let mut total: u64 = w.embed.iter().map(|(b, _, _)| b.size()).sum();
+    for l in &w.layers {
+        total +=
+            l.input_norm.size() + l.post_norm.size() + linear_bytes(&l.o) + linear_bytes(&l.down);
+        total += l
+            .qkv
+            .iter()
+            .chain(&l.gate_up)
+            .map(|(x, _)| linear_bytes(x))
+            .sum::<u64>();
+    }
+    if !w.config.tie_word_embeddings {
+        total += linear_bytes(&w.lm_head);
+    }
+    total + w.final_norm.size() + w.rope.size()
+}
+
+/// Bytes of a session's buffers: activations, KV cache, and its logits/token readback buffers.
+pub fn session_bytes(plan: &Plan, vocab: usize) -> u64 {
+    let b = &plan.bufs;
+    let kv: u64 = b.kv.iter().map(|(k, v)| k.size() + v.size()).sum();
+    let acts = [
+        &b.step, &b.tokens, &b.x, &b.xn, &b.qkv, &b.q, &b.attn, &b.gate_up, &b.act, &b.logits,
+        &b.out_ids, &b.dummy,
+    ];
+    kv + acts.iter().map(|x| x.size()).sum::<u64>() + (vocab * 4 + 16) as u64
+}

@@ -1,0 +1,360 @@
+//! The benchmark's typed results and their two renderings: JSON (serde) for tools and a plain-text table for
+//! people. Units are fixed by field names (`_s`, `_ms`, `_us`, `_bytes`, `_gbps` with GB = 10⁹ bytes).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The wgpu release the engine is built against.
+    pub wgpu_version: String,
+    pub adapter: AdapterReport,
+    pub model: ModelReport,
+    pub settings: SettingsReport,
+    pub load: LoadReport,
+    pub memory: MemoryReport,
+    /// Weight bytes (codes + scales + zeros + f16 head, one embedding row ignored) a decode step reads.
+    pub decode_bytes_per_token: u64,
+    pub ceiling: CeilingReport,
+    pub prefill: Vec<PrefillResult>,
+    pub decode: Vec<DecodeResult>,
+    /// Why the per-op profile is missing, when it was asked for and could not be made.
+    pub profile_note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub vendor: u32,
+    pub device: u32,
+    /// Subgroup size the kernels use; `None` = workgroup-memory reductions.
+    pub subgroup_size: Option<u32>,
+    /// TIMESTAMP_QUERY and TIMESTAMP_QUERY_INSIDE_PASSES are enabled.
+    pub timestamps: bool,
+    pub max_binding_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub dir: String,
+    pub arch: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub sliding_window: Option<usize>,
+    pub quant: Option<QuantReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantReport {
+    pub bits: u32,
+    /// `None` = one group over all of K (group_size -1).
+    pub group_size: Option<usize>,
+    pub act_order: bool,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsReport {
+    pub prompt_lens: Vec<usize>,
+    pub contexts: Vec<usize>,
+    pub decode_tokens: usize,
+    pub runs: usize,
+    pub warmup: usize,
+    pub prefill_chunk: usize,
+    pub max_context: usize,
+    pub seed: u64,
+}
+
+/// Load phases, seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Mapping the files, parsing configs and validating every tensor.
+    pub open_validate_s: f64,
+    /// Adapter and device creation.
+    pub device_init_s: f64,
+    /// GPTQ preparation (act-order reordering, zero points) and upload.
+    pub prep_upload_s: f64,
+    /// Session plan: buffers, bind groups, pipeline compilation.
+    pub session_s: f64,
+    pub total_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryReport {
+    pub weights_bytes: u64,
+    pub session_bytes: u64,
+    pub total_bytes: u64,
+    /// How the figures were obtained.
+    pub method: String,
+}
+
+/// Streaming-read bandwidth of the adapter (the roofline for decode).
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingReport {
+    pub buffer_bytes: u64,
+    /// Reads of the buffer recorded in one pass and one submit.
+    pub reads_per_submit: u32,
+    pub runs: usize,
+    /// Median, wall clock around submit + wait.
+    pub wall_gbps: f64,
+    /// Median, from pass timestamps (when the adapter has them).
+    pub timestamp_gbps: Option<f64>,
+    /// The figure percentages refer to: timestamps when present, else wall clock.
+    pub gbps: f64,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefillResult {
+    pub prompt_len: usize,
+    pub tok_s: f64,
+    /// Median wall time of the whole prefill (all chunks and the logits readback).
+    pub ms: f64,
+    pub runs_ms: Vec<f64>,
+    /// All logits of the last run were finite.
+    pub logits_finite: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeResult {
+    /// Tokens in the cache before the first timed step.
+    pub context: usize,
+    /// Greedy steps per run.
+    pub tokens: usize,
+    pub tok_s: f64,
+    /// Median over runs of (run wall time / tokens); each step includes its token readback.
+    pub ms_per_token: f64,
+    /// decode_bytes_per_token / ms_per_token.
+    pub achieved_gbps: f64,
+    pub pct_of_ceiling: f64,
+    /// Median host time per step spent writing inputs, recording and submitting (not waiting).
+    pub cpu_encode_us_per_token: f64,
+    pub runs_ms_per_token: Vec<f64>,
+    pub profile: Option<OpProfile>,
+}
+
+/// Per-op GPU time of one decode step, from timestamps written between its dispatches.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpProfile {
+    /// Position of the profiled step (keys attended = position + 1, capped by the window).
+    pub position: usize,
+    /// Profiled steps; each op's time is the median over them.
+    pub steps: usize,
+    pub dispatches: usize,
+    /// Median sum of all dispatch intervals of a step.
+    pub gpu_us_per_token: f64,
+    pub ops: Vec<OpRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpRow {
+    /// Role in the model (qkv_proj, attention, ...), inferred from the plan's op order.
+    pub op: String,
+    /// Kernel variant label.
+    pub kernel: String,
+    pub calls_per_token: usize,
+    pub us: f64,
+    pub pct_of_step: f64,
+    /// Minimum bytes the op moves per token (its floor).
+    pub bytes: u64,
+    pub gbps: f64,
+    pub pct_of_ceiling: f64,
+}
+
+fn gb(bytes: u64) -> f64 {
+    bytes as f64 / 1e9
+}
+
+impl BenchReport {
+    /// JSON of the whole report.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// A human-readable table of the report.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let a = &self.adapter;
+        let m = &self.model;
+        let _ = writeln!(s, "wgptq bench (wgpu {})", self.wgpu_version);
+        let _ = writeln!(
+            s,
+            "adapter   {} ({}, {}, driver {} {}, subgroup {}, timestamps {})",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver,
+            a.driver_info,
+            a.subgroup_size.map_or("off".to_string(), |x| x.to_string()),
+            if a.timestamps { "yes" } else { "no" }
+        );
+        let quant = match &m.quant {
+            Some(q) => format!(
+                "GPTQ {}-bit {}{} ({})",
+                q.bits,
+                q.group_size.map_or("g-1".to_string(), |g| format!("g{g}")),
+                if q.act_order { " act-order" } else { "" },
+                q.format
+            ),
+            None => "f16".into(),
+        };
+        let _ = writeln!(
+            s,
+            "model     {}: {} {} layers, hidden {}, intermediate {}, heads {}/{}, vocab {}, window {}, {}",
+            m.dir,
+            m.arch,
+            m.layers,
+            m.hidden,
+            m.intermediate,
+            m.heads,
+            m.kv_heads,
+            m.vocab,
+            m.sliding_window.map_or("none".to_string(), |w| w.to_string()),
+            quant
+        );
+        let l = &self.load;
+        let _ = writeln!(
+            s,
+            "load      {:.2} s (open+validate {:.2} s, device {:.2} s, prep+upload {:.2} s, session/plan {:.2} s)",
+            l.total_s, l.open_validate_s, l.device_init_s, l.prep_upload_s, l.session_s
+        );
+        let me = &self.memory;
+        let _ = writeln!(
+            s,
+            "memory    {:.3} GB (weights {:.3} GB, session {:.3} GB; {})",
+            gb(me.total_bytes),
+            gb(me.weights_bytes),
+            gb(me.session_bytes),
+            me.method
+        );
+        let _ = writeln!(
+            s,
+            "weights   {:.3} GB read per decoded token",
+            gb(self.decode_bytes_per_token)
+        );
+        let c = &self.ceiling;
+        let _ = writeln!(
+            s,
+            "ceiling   {:.1} GB/s streaming read of {:.3} GB ({}; wall clock {:.1} GB/s{})",
+            c.gbps,
+            gb(c.buffer_bytes),
+            c.source,
+            c.wall_gbps,
+            c.timestamp_gbps
+                .map_or(String::new(), |t| format!(", timestamps {t:.1} GB/s")),
+        );
+        if !self.prefill.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nprefill   {:>8} {:>12} {:>12}",
+                "prompt", "tok/s", "ms"
+            );
+            for p in &self.prefill {
+                let _ = writeln!(
+                    s,
+                    "          {:>8} {:>12.1} {:>12.2}{}",
+                    p.prompt_len,
+                    p.tok_s,
+                    p.ms,
+                    if p.logits_finite {
+                        ""
+                    } else {
+                        "  (non-finite logits!)"
+                    }
+                );
+            }
+        }
+        if !self.decode.is_empty() {
+            let _ = writeln!(
+                s,
+                "\ndecode    {:>8} {:>10} {:>10} {:>10} {:>8} {:>14}",
+                "ctx", "tok/s", "ms/tok", "GB/s", "% ceil", "CPU enc µs/tok"
+            );
+            for d in &self.decode {
+                let _ = writeln!(
+                    s,
+                    "          {:>8} {:>10.1} {:>10.3} {:>10.1} {:>8.1} {:>14.1}",
+                    d.context,
+                    d.tok_s,
+                    d.ms_per_token,
+                    d.achieved_gbps,
+                    d.pct_of_ceiling,
+                    d.cpu_encode_us_per_token
+                );
+            }
+        }
+        for d in &self.decode {
+            if let Some(p) = &d.profile {
+                write_profile(&mut s, d, p);
+            }
+        }
+        if let Some(note) = &self.profile_note {
+            let _ = writeln!(s, "\nprofile   {note}");
+        }
+        s
+    }
+}
+
+fn write_profile(s: &mut String, d: &DecodeResult, p: &OpProfile) {
+    let _ = writeln!(
+        s,
+        "\nper-op profile, decode at ctx {} (position {}; GPU timestamps between dispatches, median of {} steps)",
+        d.context, p.position, p.steps
+    );
+    let _ = writeln!(
+        s,
+        "  {} dispatches, {:.1} µs GPU per token vs {:.1} µs wall ({:.0}% of wall)",
+        p.dispatches,
+        p.gpu_us_per_token,
+        d.ms_per_token * 1e3,
+        if d.ms_per_token > 0.0 {
+            p.gpu_us_per_token / (d.ms_per_token * 10.0)
+        } else {
+            0.0
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>6} {:>10} {:>7} {:>10} {:>9} {:>7}  kernel",
+        "op", "calls", "µs", "% step", "MB", "GB/s", "% ceil"
+    );
+    for r in &p.ops {
+        let _ = writeln!(
+            s,
+            "  {:<14} {:>6} {:>10.1} {:>7.1} {:>10.2} {:>9.1} {:>7.1}  {}",
+            r.op,
+            r.calls_per_token,
+            r.us,
+            r.pct_of_step,
+            r.bytes as f64 / 1e6,
+            r.gbps,
+            r.pct_of_ceiling,
+            r.kernel
+        );
+    }
+}
+
+/// Median of a non-empty sample (0 for an empty one).
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
