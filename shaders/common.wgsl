@@ -11,7 +11,6 @@ struct Step {
 }
 
 var<workgroup> red_f32: array<f32, {{WG}}>;
-var<workgroup> red_u32: array<u32, {{WG}}>;
 
 //#if SUBGROUP
 // Sum over the workgroup: subgroup sums first, then one value per subgroup through workgroup memory.

@@ -13,7 +13,11 @@ struct Params {
     zero_const: f32,
     y_stride: u32,
     y_col0: u32,
+    x_stride: u32, // row stride of x
+    eps: f32,      // unused here (no fused prologue in the prefill GEMM)
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const PF: u32 = 32u / {{BITS}}u;
@@ -34,6 +38,8 @@ const TN: u32 = 4u * {{COLS4}}u;
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
 // y: [capacity, y_stride] f32
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
+// norm_w: unused by the GEMM (same binding list as gptq_gemv.wgsl)
+@group(0) @binding(8) var<storage, read> norm_w: array<f32>;
 
 var<workgroup> xs: array<f32, {{TM}} * {{KT}}>;   // [TM, KT]
 var<workgroup> ws: array<vec4<f32>, {{KT}} * {{COLS4}}>; // [KT, COLS4] dequantized weights
@@ -57,9 +63,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             if (t0 + tr < n_tok && kk < p.kp) {
 //#if PERM
                 let src = perm[kk];
-                if (src != 0xffffffffu) { v = x[(t0 + tr) * p.k + src]; }
+                if (src != 0xffffffffu) { v = x[(t0 + tr) * p.x_stride + src]; }
 //#else
-                v = x[(t0 + tr) * p.k + kk];
+                v = x[(t0 + tr) * p.x_stride + kk];
 //#endif
             }
             xs[i] = v;

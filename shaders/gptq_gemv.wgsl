@@ -1,24 +1,32 @@
-// GPTQ dequant-matmul for few tokens (decode): y[t, n] (+)= sum_k x[t, perm[k]] * scale[g(k), n] * (q[k, n] - zero[g(k), n]).
+// GPTQ dequant-matmul for few tokens (decode): y[t, n] (+)= sum_k a[t, perm[k]] * scale[g(k), n] * (q[k, n] - zero[g(k), n]),
+// where a is the activation after an optional fused prologue: RMSNorm (a = x * rsqrt(mean(x^2) + eps) * w) or
+// SwiGLU (a = silu(gate) * up, x holding gate|up).
 //
 // Weights are in the prepared layout (src/prep.rs): K rows sorted by group (act-order resolved at load), so
-// group g owns rows [g * group_rows, (g + 1) * group_rows); padding rows have perm = 0xffffffff and read x = 0.
-// A thread owns 4 adjacent output columns (one 16-byte load per packed row) and a contiguous slice of the packed
-// rows; the K slices of a workgroup are summed in workgroup memory. Group scale and zero are applied once per
-// group: s * (sum(x q) - z * sum(x)).
+// group g owns rows [g * group_rows, (g + 1) * group_rows); padding rows have perm = 0xffffffff and read a = 0.
+// The workgroup stages the (gathered, transformed) activations in workgroup memory XCHUNK rows at a time, so the
+// permutation and the prologue cost one pass per workgroup, not one per thread. A thread owns 4 adjacent output
+// columns (one 16-byte load per packed row) and a contiguous slice of each chunk's packed rows; the K slices of a
+// workgroup are summed in workgroup memory. Group scale and zero are applied once per group and slice:
+// s * (sum(a q) - z * sum(a)).
 //
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (K slices per workgroup), WG = COLS4 * KSPLIT,
-// PERM (1: gather x through perm), ZERO_BUF (1: per-group zeros buffer; 0: the constant p.zero_const),
-// ADD (1: y += result, the residual epilogue; 0: y = result).
+// XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
+// ADD (y += result: the residual epilogue), PRO (0 none, 1 RMSNorm, 2 SwiGLU).
 
 struct Params {
-    k: u32,          // logical K: row stride of x
+    k: u32,          // logical K (activation length)
     n: u32,          // output columns N (multiple of 4)
     kp: u32,         // prepared K (rows of the packed weight, multiple of 32 / BITS)
     group_rows: u32, // prepared rows per group
     zero_const: f32, // zero point when ZERO_BUF = 0 (symmetric checkpoints)
     y_stride: u32,   // row stride of y
     y_col0: u32,     // first column of y written (projections sharing one output buffer)
+    x_stride: u32,   // row stride of x (K, or 2 K for the SwiGLU prologue)
+    eps: f32,        // RMSNorm epsilon (PRO = 1)
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const PF: u32 = 32u / {{BITS}}u;
@@ -26,7 +34,7 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
-// x: [capacity, K] f32, activations in the model's (unpermuted) order
+// x: [capacity, x_stride] f32, activations in the model's (unpermuted) order
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 // perm: [kp] u32, prepared row -> original input index (0xffffffff for padding); unused when PERM = 0
 @group(0) @binding(3) var<storage, read> perm: array<u32>;
@@ -38,18 +46,11 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
 // y: [capacity, y_stride] f32
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
+// norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
+@group(0) @binding(8) var<storage, read> norm_w: array<f32>;
 
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
-
-fn load_x(t: u32, k: u32) -> f32 {
-//#if PERM
-    let src = perm[k];
-    if (src == 0xffffffffu) { return 0.0; }
-    return x[t * p.k + src];
-//#else
-    return x[t * p.k + k];
-//#endif
-}
+var<workgroup> xs: array<f32, {{XCHUNK}}>;
 
 fn group_scale(g: u32, c4: u32, n4: u32) -> vec4<f32> {
     let s = scales[g * n4 + c4];
@@ -65,6 +66,19 @@ fn group_zero(g: u32, c4: u32, n4: u32) -> vec4<f32> {
 //#endif
 }
 
+// Activation of input index `src` for token row `t`, after the prologue.
+fn act(t: u32, src: u32, rinv: f32) -> f32 {
+    let base = t * p.x_stride;
+    var v = x[base + src];
+    if ({{PRO}}u == 1u) {
+        v = v * rinv * norm_w[src];
+    } else if ({{PRO}}u == 2u) {
+        let u = x[base + p.k + src];
+        v = v / (1.0 + exp(-v)) * u;
+    }
+    return v;
+}
+
 @compute @workgroup_size({{WG}})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let c4l = lid % {{COLS4}}u;
@@ -72,36 +86,66 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let n4 = p.n / 4u;
     let c4 = wid.x * {{COLS4}}u + c4l;
     let t = wid.y;
-    let n_words = p.kp / PF;
+    if (t >= step.n_tokens) { return; }
+    let live = c4 < n4;
     let wpg = p.group_rows / PF;
+
+    var rinv = 1.0;
+    if ({{PRO}}u == 1u) {
+        var ss = 0.0;
+        for (var i = lid; i < p.k; i += {{WG}}u) {
+            let v = x[t * p.x_stride + i];
+            ss += v * v;
+        }
+        rinv = inverseSqrt(wg_sum(ss, lid) / f32(p.k) + p.eps);
+    }
+
     var acc = vec4<f32>(0.0);
-    if (c4 < n4 && t < step.n_tokens) {
-        let chunk = (n_words + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
-        let wb = ks * chunk;
-        let we = min(wb + chunk, n_words);
-        var g_cur = wb / wpg;
-        var g_end = (g_cur + 1u) * wpg;
-        var aq = vec4<f32>(0.0);
-        var xs = 0.0;
-        for (var w = wb; w < we; w++) {
-            if (w >= g_end) {
-                acc += group_scale(g_cur, c4, n4) * (aq - group_zero(g_cur, c4, n4) * xs);
-                aq = vec4<f32>(0.0);
-                xs = 0.0;
-                g_cur = w / wpg;
-                g_end = (g_cur + 1u) * wpg;
+    for (var c0 = 0u; c0 < p.kp; c0 += {{XCHUNK}}u) {
+        for (var i = lid; i < {{XCHUNK}}u; i += {{WG}}u) {
+            let k = c0 + i;
+            var v = 0.0;
+            if (k < p.kp) {
+//#if PERM
+                let src = perm[k];
+                if (src != 0xffffffffu) { v = act(t, src, rinv); }
+//#else
+                v = act(t, k, rinv);
+//#endif
             }
-            let q = qweight[w * n4 + c4];
-            for (var j = 0u; j < PF; j++) {
-                let xv = load_x(t, w * PF + j);
-                let qv = vec4<f32>((q >> vec4<u32>(j * {{BITS}}u)) & vec4<u32>(MASK));
-                aq += xv * qv;
-                xs += xv;
+            xs[i] = v;
+        }
+        workgroupBarrier();
+        let wc0 = c0 / PF;
+        let wc1 = min(c0 + {{XCHUNK}}u, p.kp) / PF;
+        let per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
+        let wb = wc0 + ks * per;
+        let we = min(wb + per, wc1);
+        if (live && wb < we) {
+            var g_cur = wb / wpg;
+            var g_end = (g_cur + 1u) * wpg;
+            var aq = vec4<f32>(0.0);
+            var sx = 0.0;
+            for (var w = wb; w < we; w++) {
+                if (w >= g_end) {
+                    acc += group_scale(g_cur, c4, n4) * (aq - group_zero(g_cur, c4, n4) * sx);
+                    aq = vec4<f32>(0.0);
+                    sx = 0.0;
+                    g_cur = w / wpg;
+                    g_end = (g_cur + 1u) * wpg;
+                }
+                let q = qweight[w * n4 + c4];
+                let xb = w * PF - c0;
+                for (var j = 0u; j < PF; j++) {
+                    let xv = xs[xb + j];
+                    let qv = vec4<f32>((q >> vec4<u32>(j * {{BITS}}u)) & vec4<u32>(MASK));
+                    aq += xv * qv;
+                    sx += xv;
+                }
             }
+            acc += group_scale(g_cur, c4, n4) * (aq - group_zero(g_cur, c4, n4) * sx);
         }
-        if (wb < we) {
-            acc += group_scale(g_cur, c4, n4) * (aq - group_zero(g_cur, c4, n4) * xs);
-        }
+        workgroupBarrier();
     }
     partial[lid] = acc;
     workgroupBarrier();
@@ -109,7 +153,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (ks < s) { partial[lid] += partial[lid + s * {{COLS4}}u]; }
         workgroupBarrier();
     }
-    if (ks == 0u && c4 < n4 && t < step.n_tokens) {
+    if (ks == 0u && live) {
         let r = partial[lid];
         let o = t * p.y_stride + p.y_col0 + 4u * c4;
 //#if ADD

@@ -7,7 +7,7 @@ mod common;
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wgptq::gpu::linear::{self, GpuLinear, LinearMode};
+use wgptq::gpu::linear::{self, GpuLinear, LinearMode, Prologue};
 use wgptq::gpu::{ops, StepParams};
 use wgptq::model::{CheckpointFormat, QuantConfig};
 use wgptq::prep::{self, GptqTensors};
@@ -135,7 +135,25 @@ fn make_case(rng: &mut StdRng, spec: Spec) -> Case {
     }
 }
 
-fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
+/// How one case is run: GEMM or GEMV (with a workgroup shape and a fused prologue), residual epilogue or not.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    t: usize,
+    gemm: bool,
+    add: bool,
+    /// 0 none, 1 RMSNorm, 2 SwiGLU (GEMV only)
+    pro: u32,
+    tune: Option<(u32, u32)>,
+}
+
+fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
+    let Run {
+        t,
+        gemm,
+        add,
+        pro,
+        tune,
+    } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
     let prepared = prep::prepare_gptq(
@@ -158,9 +176,29 @@ fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
         );
     }
     let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
-    let x: Vec<f32> = (0..t * case.k)
-        .map(|_| rng.random_range(-1.0..1.0))
+    // The raw input: [t, k], or [t, 2k] (gate | up) for the SwiGLU prologue.
+    let width = if pro == 2 { 2 * case.k } else { case.k };
+    let raw: Vec<f32> = (0..t * width)
+        .map(|_| rng.random_range(-2.0..2.0))
         .collect();
+    let norm_w: Vec<f32> = (0..case.k).map(|_| rng.random_range(0.5..1.5)).collect();
+    let eps = 1e-5f64;
+    // The activation the matmul must see, computed in f64.
+    let mut x = vec![0f32; t * case.k];
+    for tt in 0..t {
+        let row = &raw[tt * width..(tt + 1) * width];
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / case.k as f64;
+        for kk in 0..case.k {
+            x[tt * case.k + kk] = match pro {
+                1 => (row[kk] as f64 / (ms + eps).sqrt() * norm_w[kk] as f64) as f32,
+                2 => {
+                    let g = row[kk] as f64;
+                    (g / (1.0 + (-g).exp()) * row[case.k + kk] as f64) as f32
+                }
+                _ => row[kk],
+            };
+        }
+    }
     let resid: Vec<f32> = (0..t * case.n)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
@@ -169,7 +207,18 @@ fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
     } else {
         vec![f32::NAN; t * case.n]
     };
-    let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(&raw)).unwrap();
+    let nwb = gpu
+        .storage_init("norm_w", bytemuck::cast_slice(&norm_w))
+        .unwrap();
+    let prologue = match pro {
+        1 => Prologue::RmsNorm {
+            weight: &nwb,
+            eps: eps as f32,
+        },
+        2 => Prologue::SwiGlu,
+        _ => Prologue::None,
+    };
     let yb = gpu.storage_init("y", bytemuck::cast_slice(&init)).unwrap();
     let dummy = gpu.storage("dummy", 16).unwrap();
     let step = StepParams {
@@ -186,9 +235,10 @@ fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
         last_only: false,
         y_col0: 0,
         y_stride: case.n as u32,
+        tune,
     };
-    let d =
-        linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode).expect("dispatch");
+    let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue)
+        .expect("dispatch");
     ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
     let got: Vec<f32> =
         bytemuck::pod_collect_to_vec(&gpu.read(&yb, 0, (t * case.n * 4) as u64).unwrap());
@@ -219,7 +269,7 @@ fn run_case(case: &Case, t: usize, gemm: bool, add: bool, rng: &mut StdRng) {
     }
     assert!(
         bad.is_empty(),
-        "{} of {} outputs wrong (k={}, n={}, {:?}, gemm={gemm}, add={add}); first: {:?}",
+        "{} of {} outputs wrong (k={}, n={}, {:?}, {run:?}); first: {:?}",
         bad.len(),
         t * case.n,
         case.k,
@@ -253,11 +303,27 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         spec(160, 48, 4, Some(32), GIdx::Arbitrary, false, V1), // non-trivial g_idx, uneven groups
         spec(88, 20, 8, Some(32), GIdx::Arbitrary, true, V2),
         spec(576, 132, 4, Some(128), GIdx::ActOrder, true, V1), // SmolLM-like K, 5 groups
+        spec(4352, 16, 4, Some(128), GIdx::ActOrder, true, V1), // K over one staged chunk (4096 rows)
+        spec(4200, 12, 8, Some(64), GIdx::Arbitrary, false, V2), // ... with a short last group and padding
     ];
     for (i, &sp) in cases.iter().enumerate() {
         let case = make_case(&mut rng, sp);
         let t = tokens[i % tokens.len()];
-        run_case(&case, t, gemm, i % 3 == 1, &mut rng);
+        // GEMV: every prologue and every workgroup shape the planner may choose, spread over the cases.
+        let pro = if gemm { 0 } else { (i % 3) as u32 };
+        let tune = if gemm {
+            None
+        } else {
+            Some(linear::GEMV_TUNES[i % linear::GEMV_TUNES.len()])
+        };
+        let run = Run {
+            t,
+            gemm,
+            add: i % 4 == 1,
+            pro,
+            tune,
+        };
+        run_case(&case, run, &mut rng);
     }
 }
 

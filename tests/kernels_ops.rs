@@ -8,7 +8,7 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wgptq::gpu::kernels::{self, AttnShape};
-use wgptq::gpu::linear::{self, GpuF16, GpuLinear, LinearMode};
+use wgptq::gpu::linear::{self, GpuF16, GpuLinear, LinearMode, Prologue};
 use wgptq::gpu::plan::rope_table;
 use wgptq::gpu::{ops, Gpu, Pipelines, StepParams};
 
@@ -234,8 +234,11 @@ fn f16_matmul_chunks_and_last_row() {
             last_only,
             y_col0: 0,
             y_stride: n as u32,
+            tune: None,
         };
-        let d = linear::linear_dispatches(&pipes, &step, &lin, &xb, &y, &dummy, mode).unwrap();
+        let d =
+            linear::linear_dispatches(&pipes, &step, &lin, &xb, &y, &dummy, mode, Prologue::None)
+                .unwrap();
         ops::run(&gpu, &d.iter().collect::<Vec<_>>()).unwrap();
         let want = if last_only {
             reference(2..3)

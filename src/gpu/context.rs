@@ -25,6 +25,9 @@ pub struct Caps {
     pub max_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+    /// A CPU (software) adapter such as lavapipe.
+    pub is_cpu: bool,
 }
 
 /// Device, queue and capabilities.
@@ -122,6 +125,8 @@ impl Gpu {
             max_binding_size: limits.max_storage_buffer_binding_size as u64,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            is_cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
         tracing::info!(adapter = %info.name, backend = ?info.backend, driver = %info.driver_info, ?caps, "GPU selected");
         Ok(Arc::new(Gpu {

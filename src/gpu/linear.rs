@@ -140,7 +140,9 @@ struct GptqParams {
     zero_const: f32,
     y_stride: u32,
     y_col0: u32,
-    _pad: u32,
+    x_stride: u32,
+    eps: f32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -167,38 +169,117 @@ pub struct LinearMode {
     pub y_col0: u32,
     /// Row stride of y.
     pub y_stride: u32,
+    /// GEMV shape (cols4, ksplit) from [`GEMV_TUNES`]; `None` = the device default (see [`gemv_tune`]).
+    pub tune: Option<(u32, u32)>,
 }
 
-/// Tuning of the GEMV/GEMM kernels (workgroup shape); defaults chosen for portability.
-pub const GEMV_COLS4: u32 = 16;
-pub const GEMV_KSPLIT: u32 = 16;
+/// A fused prologue of the GPTQ GEMV: the activation the matmul reads is computed while it is staged.
+#[derive(Debug, Clone, Copy)]
+pub enum Prologue<'a> {
+    None,
+    /// a = rmsnorm(x) * weight ([K] f32)
+    RmsNorm {
+        weight: &'a wgpu::Buffer,
+        eps: f32,
+    },
+    /// a = silu(x[:, :K]) * x[:, K:]
+    SwiGlu,
+}
+
+impl Prologue<'_> {
+    fn code(&self) -> u32 {
+        match self {
+            Prologue::None => 0,
+            Prologue::RmsNorm { .. } => 1,
+            Prologue::SwiGlu => 2,
+        }
+    }
+}
+
+/// GEMV workgroup shapes the planner may choose, as (column quads, K slices); each is validated by naga in the
+/// tests. The first is the portable default; `WGPTQ_GEMV=COLS4xKSPLIT` picks another (benchmarking).
+pub const GEMV_TUNES: [(u32, u32); 5] = [(16, 16), (8, 32), (8, 64), (8, 128), (4, 128)];
+/// Activation rows a GEMV workgroup stages at once.
+pub const GEMV_XCHUNKS: [u32; 2] = [2048, 4096];
 pub const GEMM_TM: u32 = 16;
 pub const GEMM_COLS4: u32 = 16;
 pub const GEMM_KT: u32 = 32;
 pub const F16_ROWS: u32 = 4;
 pub const F16_LANES: u32 = 64;
 
-/// The GPTQ kernel variant for a matrix and mode (pure: also enumerated by the no-GPU shader test).
-pub fn gptq_key(
-    bits: u32,
-    perm: bool,
-    zero_buf: bool,
-    add: bool,
-    gemm: bool,
-    sg: Option<u32>,
-) -> KernelKey {
+/// The GEMV shape for this device: (cols4, ksplit, xchunk).
+pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Result<(u32, u32, u32)> {
+    let (c, k) = match std::env::var("WGPTQ_GEMV") {
+        _ if tune.is_some_and(|t| GEMV_TUNES.contains(&t)) => tune.unwrap_or(GEMV_TUNES[0]),
+        Ok(v) => {
+            let parsed = v
+                .split_once('x')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+            match parsed {
+                Some(t) if GEMV_TUNES.contains(&t) => t,
+                _ => {
+                    return Err(Error::InvalidArgument {
+                        name: "WGPTQ_GEMV".into(),
+                        value: v,
+                        reason: format!("expected one of {GEMV_TUNES:?} written as COLS4xKSPLIT"),
+                    })
+                }
+            }
+        }
+        Err(_) if !caps.is_cpu && caps.max_invocations >= 512 => GEMV_TUNES[2],
+        Err(_) => GEMV_TUNES[0],
+    };
+    // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations must fit.
+    let fixed = c * k * 20;
+    let xchunk = GEMV_XCHUNKS
+        .iter()
+        .rev()
+        .copied()
+        .find(|x| fixed + x * 4 <= caps.max_workgroup_storage)
+        .ok_or_else(|| Error::DeviceLimit {
+            what: "GEMV workgroup memory".into(),
+            needed: (fixed + GEMV_XCHUNKS[0] * 4) as u64,
+            limit: caps.max_workgroup_storage as u64,
+        })?;
+    if c * k > caps.max_invocations {
+        return Err(Error::DeviceLimit {
+            what: "GEMV workgroup size".into(),
+            needed: (c * k) as u64,
+            limit: caps.max_invocations as u64,
+        });
+    }
+    Ok((c, k, xchunk))
+}
+
+/// One GPTQ kernel variant (pure data: the planner's choice and the naga test's enumeration agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GptqVariant {
+    pub bits: u32,
+    pub perm: bool,
+    pub zero_buf: bool,
+    pub add: bool,
+    /// `None` = tiled GEMM (prefill); else the GEMV (cols4, ksplit, xchunk).
+    pub gemv: Option<(u32, u32, u32)>,
+    /// Prologue code (GEMV only): 0 none, 1 RMSNorm, 2 SwiGLU.
+    pub pro: u32,
+}
+
+pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
     let mut d = vec![
-        ("BITS", bits),
-        ("PERM", perm as u32),
-        ("ZERO_BUF", zero_buf as u32),
-        ("ADD", add as u32),
+        ("BITS", v.bits),
+        ("PERM", v.perm as u32),
+        ("ZERO_BUF", v.zero_buf as u32),
+        ("ADD", v.add as u32),
     ];
-    if gemm {
-        d.extend([("TM", GEMM_TM), ("COLS4", GEMM_COLS4), ("KT", GEMM_KT)]);
-        make_key(Kernel::GptqGemm, GEMM_TM * GEMM_COLS4, sg, &d)
-    } else {
-        d.extend([("COLS4", GEMV_COLS4), ("KSPLIT", GEMV_KSPLIT)]);
-        make_key(Kernel::GptqGemv, GEMV_COLS4 * GEMV_KSPLIT, sg, &d)
+    match v.gemv {
+        None => {
+            d.extend([("TM", GEMM_TM), ("COLS4", GEMM_COLS4), ("KT", GEMM_KT)]);
+            make_key(Kernel::GptqGemm, GEMM_TM * GEMM_COLS4, sg, &d)
+        }
+        Some((c, k, x)) => {
+            d.extend([("COLS4", c), ("KSPLIT", k), ("XCHUNK", x), ("PRO", v.pro)]);
+            make_key(Kernel::GptqGemv, c * k, sg, &d)
+        }
     }
 }
 
@@ -219,11 +300,32 @@ pub fn f16_key(last_only: bool, add: bool, sg: Option<u32>) -> KernelKey {
 
 /// Every variant [`linear_dispatches`] can produce.
 pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
+    let mut shapes: Vec<Option<(u32, u32, u32)>> = vec![None];
+    for (c, k) in GEMV_TUNES {
+        for x in GEMV_XCHUNKS {
+            shapes.push(Some((c, k, x)));
+        }
+    }
     let mut v = Vec::new();
     for bits in [4, 8] {
-        for flags in 0..16u32 {
+        for flags in 0..4u32 {
             let b = |i: u32| flags & (1 << i) != 0;
-            v.push(gptq_key(bits, b(0), b(1), b(2), b(3), sg));
+            for add in [false, true] {
+                for &gemv in &shapes {
+                    let pros: &[u32] = if gemv.is_some() { &[0, 1, 2] } else { &[0] };
+                    for &pro in pros {
+                        let var = GptqVariant {
+                            bits,
+                            perm: b(0),
+                            zero_buf: b(1),
+                            add,
+                            gemv,
+                            pro,
+                        };
+                        v.push(gptq_key(&var, sg));
+                    }
+                }
+            }
         }
     }
     for flags in 0..4u32 {
@@ -233,6 +335,7 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
 }
 
 /// Dispatches computing y (+)= x Wᵀ for `lin`. `dummy` is bound where a kernel variant reads nothing.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_dispatches(
     pipes: &Pipelines,
     step: &wgpu::Buffer,
@@ -241,9 +344,24 @@ pub fn linear_dispatches(
     y: &wgpu::Buffer,
     dummy: &wgpu::Buffer,
     mode: LinearMode,
+    pro: Prologue<'_>,
 ) -> Result<Vec<Dispatch>> {
     match lin {
         GpuLinear::Gptq(g) => {
+            if mode.gemm && !matches!(pro, Prologue::None) {
+                return Err(Error::Gpu {
+                    op: "gptq_gemm".into(),
+                    reason: "the prefill GEMM has no fused prologue; plan a separate op".into(),
+                });
+            }
+            let x_stride = match pro {
+                Prologue::SwiGlu => 2 * g.k as u32,
+                _ => g.k as u32,
+            };
+            let eps = match pro {
+                Prologue::RmsNorm { eps, .. } => eps,
+                _ => 0.0,
+            };
             let params = GptqParams {
                 k: g.k as u32,
                 n: g.n as u32,
@@ -252,35 +370,51 @@ pub fn linear_dispatches(
                 zero_const: g.zero_const,
                 y_stride: mode.y_stride,
                 y_col0: mode.y_col0,
-                _pad: 0,
+                x_stride,
+                eps,
+                _pad: [0; 3],
             };
-            let sg = pipes.gpu.caps.subgroup_size;
-            let key = gptq_key(
-                g.bits,
-                g.perm.is_some(),
-                g.zeros.is_some(),
-                mode.add,
-                mode.gemm,
-                sg,
-            );
-            let n4 = (g.n / 4) as u32;
-            let groups = if mode.gemm {
-                [n4.div_ceil(GEMM_COLS4), mode.capacity.div_ceil(GEMM_TM), 1]
+            let gemv = if mode.gemm {
+                None
             } else {
-                [n4.div_ceil(GEMV_COLS4), mode.capacity, 1]
+                Some(gemv_tune(&pipes.gpu.caps, mode.tune)?)
+            };
+            let var = GptqVariant {
+                bits: g.bits,
+                perm: g.perm.is_some(),
+                zero_buf: g.zeros.is_some(),
+                add: mode.add,
+                gemv,
+                pro: pro.code(),
+            };
+            let key = gptq_key(&var, pipes.gpu.caps.subgroup_size);
+            let n4 = (g.n / 4) as u32;
+            let groups = match gemv {
+                None => [n4.div_ceil(GEMM_COLS4), mode.capacity.div_ceil(GEMM_TM), 1],
+                Some((c, _, _)) => [n4.div_ceil(c), mode.capacity, 1],
             };
             let perm = g.perm.as_ref().unwrap_or(dummy);
             let zeros = g.zeros.as_ref().unwrap_or(dummy);
+            let norm_w = match pro {
+                Prologue::RmsNorm { weight, .. } => weight,
+                _ => dummy,
+            };
             Ok(vec![pipes.dispatch(
                 key,
                 &params,
                 step,
-                &[x, perm, &g.qweight, &g.scales, zeros, y],
+                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w],
                 groups,
                 g.bytes,
             )?])
         }
         GpuLinear::F16(f) => {
+            if !matches!(pro, Prologue::None) {
+                return Err(Error::Gpu {
+                    op: "linear_f16".into(),
+                    reason: "the f16 matmul has no fused prologue; plan a separate op".into(),
+                });
+            }
             let key = f16_key(mode.last_only, mode.add, pipes.gpu.caps.subgroup_size);
             f.chunks
                 .iter()

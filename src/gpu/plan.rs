@@ -8,7 +8,7 @@ use half::f16;
 
 use super::context::Gpu;
 use super::kernels::{self, AttnShape};
-use super::linear::{self, GpuF16, GpuLinear, LinearMode};
+use super::linear::{self, GpuF16, GpuLinear, LinearMode, Prologue};
 use super::ops::{Dispatch, Pipelines};
 use crate::error::{Error, Result};
 use crate::model::{Linear, ModelConfig, ModelFiles};
@@ -329,7 +329,52 @@ impl Plan {
     }
 }
 
-/// The op list of one step shape.
+/// Emits `norm → linears` for projections sharing an input: in decode the norm is fused into each GPTQ GEMV's
+/// prologue (no separate dispatch, no `xn` round trip); otherwise a separate RMSNorm op writes `xn` first.
+#[allow(clippy::too_many_arguments)]
+fn normed_linears(
+    d: &mut Vec<Dispatch>,
+    pipes: &Pipelines,
+    b: &Activations,
+    parts: &[(GpuLinear, u32)],
+    norm: &wgpu::Buffer,
+    eps: f32,
+    out: &wgpu::Buffer,
+    mode: &dyn Fn(bool, u32) -> LinearMode,
+    y_stride: u32,
+    hidden: u32,
+) -> Result<()> {
+    let m0 = mode(false, 0);
+    let fuse = !m0.gemm && parts.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_)));
+    if !fuse {
+        d.push(kernels::rmsnorm(
+            pipes,
+            &b.step,
+            &b.x,
+            norm,
+            &b.xn,
+            hidden,
+            eps,
+            m0.capacity,
+        )?);
+    }
+    for (lin, col0) in parts {
+        let (x, pro) = if fuse {
+            (&b.x, Prologue::RmsNorm { weight: norm, eps })
+        } else {
+            (&b.xn, Prologue::None)
+        };
+        let mut m = mode(false, *col0);
+        m.y_stride = y_stride;
+        d.extend(linear::linear_dispatches(
+            pipes, &b.step, lin, x, out, &b.dummy, m, pro,
+        )?);
+    }
+    Ok(())
+}
+
+/// The op list of one step shape. Decode (GEMV) fuses RMSNorm and SwiGLU into the GPTQ matmuls: per layer
+/// qkv, rope+kv, attention, o+residual, gate|up, down+residual.
 fn build(
     pipes: &Pipelines,
     w: &GpuWeights,
@@ -342,7 +387,9 @@ fn build(
     let c = &w.config;
     let step = &b.step;
     let h = c.hidden_size as u32;
+    let eps = c.rms_norm_eps;
     let qkv_n = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) as u32;
+    let inter = c.intermediate_size as u32;
     let attn = AttnShape {
         n_heads: c.num_heads as u32,
         n_kv: c.num_kv_heads as u32,
@@ -350,38 +397,30 @@ fn build(
         slots: shape.slots as u32,
         window: c.sliding_window.unwrap_or(0) as u32,
     };
-    let mode = |add: bool, y_stride: u32, y_col0: u32| LinearMode {
+    let mode = |add: bool, y_col0: u32| LinearMode {
         capacity: cap,
         gemm,
         add,
         last_only: false,
         y_col0,
-        y_stride,
+        y_stride: h,
+        tune: None,
     };
     let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, cap)?;
     for (i, l) in w.layers.iter().enumerate() {
         let (kc, vc) = &b.kv[i];
-        d.push(kernels::rmsnorm(
+        normed_linears(
+            &mut d,
             pipes,
-            step,
-            &b.x,
+            b,
+            &l.qkv,
             &l.input_norm,
-            &b.xn,
+            eps,
+            &b.qkv,
+            &mode,
+            qkv_n,
             h,
-            c.rms_norm_eps,
-            cap,
-        )?);
-        for (lin, col0) in &l.qkv {
-            d.extend(linear::linear_dispatches(
-                pipes,
-                step,
-                lin,
-                &b.xn,
-                &b.qkv,
-                &b.dummy,
-                mode(false, qkv_n, *col0),
-            )?);
-        }
+        )?;
         d.push(kernels::rope_kv(
             pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap,
         )?);
@@ -403,46 +442,39 @@ fn build(
             &b.attn,
             &b.x,
             &b.dummy,
-            mode(true, h, 0),
+            mode(true, 0),
+            Prologue::None,
         )?);
-        d.push(kernels::rmsnorm(
+        normed_linears(
+            &mut d,
             pipes,
-            step,
-            &b.x,
+            b,
+            &l.gate_up,
             &l.post_norm,
-            &b.xn,
-            h,
-            c.rms_norm_eps,
-            cap,
-        )?);
-        let i2 = 2 * c.intermediate_size as u32;
-        for (lin, col0) in &l.gate_up {
-            d.extend(linear::linear_dispatches(
-                pipes,
-                step,
-                lin,
-                &b.xn,
-                &b.gate_up,
-                &b.dummy,
-                mode(false, i2, *col0),
-            )?);
-        }
-        d.push(kernels::silu_mul(
-            pipes,
-            step,
+            eps,
             &b.gate_up,
-            &b.act,
-            c.intermediate_size as u32,
-            cap,
-        )?);
+            &mode,
+            2 * inter,
+            h,
+        )?;
+        let fuse_swiglu = !gemm && matches!(l.down, GpuLinear::Gptq(_));
+        let (down_x, pro) = if fuse_swiglu {
+            (&b.gate_up, Prologue::SwiGlu)
+        } else {
+            d.push(kernels::silu_mul(
+                pipes, step, &b.gate_up, &b.act, inter, cap,
+            )?);
+            (&b.act, Prologue::None)
+        };
         d.extend(linear::linear_dispatches(
             pipes,
             step,
             &l.down,
-            &b.act,
+            down_x,
             &b.x,
             &b.dummy,
-            mode(true, h, 0),
+            mode(true, 0),
+            pro,
         )?);
     }
     d.push(kernels::rmsnorm(
@@ -470,7 +502,9 @@ fn build(
             last_only,
             y_col0: 0,
             y_stride: v,
+            tune: None,
         },
+        Prologue::None,
     )?);
     if last_only {
         d.push(kernels::argmax(
