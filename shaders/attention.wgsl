@@ -2,7 +2,10 @@
 // One workgroup per (token, query head); keys in blocks of WG with an online softmax (running max and sum),
 // scores and softmax in f32 as HF does. GQA: query head h reads kv head h / (n_heads / n_kv).
 //
-// Defines: WG (keys per block, also threads), DPT (head dims per thread = ceil(d / WG)).
+// With SPLITS > 1 (decode, flash-decoding) the keys of a query are split over SPLITS workgroups (grid z); each
+// writes its unnormalised partial (acc[d], running max, running sum) and attention_combine.wgsl merges them.
+//
+// Defines: WG (keys per block, also threads), DPT (head dims per thread = ceil(d / WG)), SPLITS.
 
 struct Params {
     n_heads: u32,
@@ -22,7 +25,8 @@ struct Params {
 // k_cache, v_cache: [S, n_kv, d / 2] u32, f16 pairs along d
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;
-// out: [capacity, n_heads * d] f32
+// out: SPLITS = 1: [capacity, n_heads * d] f32; SPLITS > 1: partials [capacity, n_heads, SPLITS, d + 2] f32
+// (acc[0..d], max, sum)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 var<workgroup> qs: array<f32, 256>;
@@ -39,6 +43,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let i = step.pos0 + t;
     var lo = 0u;
     if (p.window > 0u && i + 1u > p.window) { lo = i + 1u - p.window; }
+    var hi = i + 1u; // keys [lo, hi)
+    if ({{SPLITS}}u > 1u) {
+        let per = (hi - lo + {{SPLITS}}u - 1u) / {{SPLITS}}u;
+        let s0 = min(lo + wid.z * per, hi);
+        hi = min(s0 + per, hi);
+        lo = s0;
+    }
     let qb = t * p.n_heads * d + h * d;
     for (var e = lid; e < d; e += {{WG}}u) { qs[e] = q[qb + e]; }
     workgroupBarrier();
@@ -48,10 +59,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var acc: array<f32, {{DPT}}>;
     for (var c = 0u; c < {{DPT}}u; c++) { acc[c] = 0.0; }
 
-    for (var j0 = lo; j0 <= i; j0 += {{WG}}u) {
+    for (var j0 = lo; j0 < hi; j0 += {{WG}}u) {
         let j = j0 + lid;
         var s = -3.4e38;
-        if (j <= i) {
+        if (j < hi) {
             let kb = ((j % p.slots) * p.n_kv + kvh) * hd2;
             var dot = 0.0;
             for (var e = 0u; e < hd2; e++) {
@@ -62,13 +73,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         let m_new = max(m, wg_max(s, lid));
         var pj = 0.0;
-        if (j <= i) { pj = exp(s - m_new); }
+        if (j < hi) { pj = exp(s - m_new); }
         probs[lid] = pj;
         let alpha = exp(m - m_new);
         l = l * alpha + wg_sum(pj, lid);
         m = m_new;
         // probs[] was written before wg_sum's barriers, so every thread sees the whole block here.
-        let nb = min({{WG}}u, i + 1u - j0);
+        let nb = min({{WG}}u, hi - j0);
         for (var c = 0u; c < {{DPT}}u; c++) {
             let e = lid + c * {{WG}}u;
             var a = acc[c] * alpha;
@@ -84,6 +95,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             acc[c] = a;
         }
         workgroupBarrier();
+    }
+    if ({{SPLITS}}u > 1u) {
+        let pb = ((t * p.n_heads + h) * {{SPLITS}}u + wid.z) * (d + 2u);
+        for (var c = 0u; c < {{DPT}}u; c++) {
+            let e = lid + c * {{WG}}u;
+            if (e < d) { out[pb + e] = acc[c]; }
+        }
+        if (lid == 0u) {
+            out[pb + d] = m;
+            out[pb + d + 1u] = l;
+        }
+        return;
     }
     for (var c = 0u; c < {{DPT}}u; c++) {
         let e = lid + c * {{WG}}u;

@@ -264,6 +264,7 @@ fn attention_sequence(
     chunk: usize,
     steps: &[usize],
     seed: u64,
+    splits: u32,
 ) {
     let gpu = common::gpu();
     let pipes = Pipelines::new(gpu.clone());
@@ -287,6 +288,12 @@ fn attention_sequence(
     let vc = gpu.storage("v", (slots * n_kv * d * 2) as u64).unwrap();
     let q = gpu.storage("q", (chunk * n_heads * d * 4) as u64).unwrap();
     let qkv_b = gpu.storage("qkv", (chunk * width * 4) as u64).unwrap();
+    let part = gpu
+        .storage(
+            "part",
+            (chunk * n_heads * splits as usize * (d + 2) * 4) as u64,
+        )
+        .unwrap();
     // CPU history of rotated (f16-rounded) keys and values, by position.
     let mut keys: Vec<Vec<f32>> = Vec::new();
     let mut vals: Vec<Vec<f32>> = Vec::new();
@@ -328,12 +335,15 @@ fn attention_sequence(
             &kc,
             &vc,
             &out,
+            &part,
             shape,
             chunk as u32,
-            slots as u32,
+            splits,
         )
         .unwrap();
-        ops::run(&gpu, &[&r, &a]).unwrap();
+        let mut all = vec![&r];
+        all.extend(a.iter());
+        ops::run(&gpu, &all).unwrap();
         let got = read_f32(&gpu, &out, t * n_heads * d);
         let mut want = Vec::new();
         let mut qs = Vec::new();
@@ -401,16 +411,19 @@ fn attention_sequence(
 #[test]
 fn attention_sliding_window_rolls_over_chunks_and_decode() {
     // window 5, chunks of up to 4: the cache (9 slots) wraps several times; decode steps after prefill.
-    attention_sequence(4, 2, 16, 5, 4, &[4, 3, 4, 1, 1, 4, 1, 1, 1, 2, 1], 5);
+    attention_sequence(4, 2, 16, 5, 4, &[4, 3, 4, 1, 1, 4, 1, 1, 1, 2, 1], 5, 1);
+    // The same with keys split over 3 workgroups (flash-decoding; some splits are empty at short range).
+    attention_sequence(4, 2, 16, 5, 4, &[4, 3, 4, 1, 1, 4, 1, 1, 1, 2, 1], 5, 3);
 }
 
 #[test]
 fn attention_plain_causal_gqa_head_dim_128() {
     // No window, 8 query heads on 2 kv heads, head_dim 128 (two dims per thread), more keys than a block.
-    attention_sequence(8, 2, 128, 0, 40, &[40, 33, 1, 1, 1], 6);
+    attention_sequence(8, 2, 128, 0, 40, &[40, 33, 1, 1, 1], 6, 1);
+    attention_sequence(8, 2, 128, 0, 40, &[40, 33, 1, 1, 1], 6, 4);
 }
 
 #[test]
 fn attention_odd_head_dim_and_mha() {
-    attention_sequence(3, 3, 20, 7, 6, &[6, 6, 5, 1, 1, 1, 1], 8);
+    attention_sequence(3, 3, 20, 7, 6, &[6, 6, 5, 1, 1, 1, 1], 8, 2);
 }

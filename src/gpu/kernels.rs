@@ -162,7 +162,14 @@ pub fn rope_kv(
 /// Attention workgroup size (keys per block).
 pub const ATTN_WG: u32 = 64;
 
-/// q [cap, H d], caches → out [cap, H d].
+/// Key splits for decode attention (flash-decoding) over a cache of `slots` keys: enough workgroups to fill a
+/// large GPU at long context, 1 where the cache is short.
+pub fn attention_splits(slots: u32) -> u32 {
+    (slots / 256).clamp(1, 32)
+}
+
+/// q [cap, H d], caches → out [cap, H d]. With `splits > 1` the keys are split over workgroups writing
+/// `partial` ([cap, H, splits, d + 2] f32), and a combine op writes `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pipes: &Pipelines,
@@ -171,14 +178,21 @@ pub fn attention(
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    partial: &wgpu::Buffer,
     s: AttnShape,
     capacity: u32,
-    kv_len_hint: u32,
-) -> Result<Dispatch> {
+    splits: u32,
+) -> Result<Vec<Dispatch>> {
     s.check()?;
     let dpt = s.head_dim.div_ceil(ATTN_WG);
-    pipes.dispatch(
-        pipes.key(Kernel::Attention, ATTN_WG, &[("DPT", dpt)]),
+    let kv_bytes = (s.slots * s.n_kv * s.head_dim * 4) as u64;
+    let target = if splits > 1 { partial } else { out };
+    let mut d = vec![pipes.dispatch(
+        pipes.key(
+            Kernel::Attention,
+            ATTN_WG,
+            &[("DPT", dpt), ("SPLITS", splits)],
+        ),
         &AttnParams {
             n_heads: s.n_heads,
             n_kv: s.n_kv,
@@ -189,10 +203,26 @@ pub fn attention(
             _pad: [0; 2],
         },
         step,
-        &[q, k_cache, v_cache, out],
-        [s.n_heads, capacity, 1],
-        (kv_len_hint * s.n_kv * s.head_dim * 4) as u64,
-    )
+        &[q, k_cache, v_cache, target],
+        [s.n_heads, capacity, splits],
+        kv_bytes,
+    )?];
+    if splits > 1 {
+        d.push(pipes.dispatch(
+            pipes.key(Kernel::AttentionCombine, EW_WG, &[]),
+            &P4 {
+                a: s.n_heads,
+                b: s.head_dim,
+                c: splits,
+                d: 0,
+            },
+            step,
+            &[partial, out],
+            [s.n_heads, capacity, 1],
+            (s.n_heads * splits * (s.head_dim + 2) * 4) as u64,
+        )?);
+    }
+    Ok(d)
 }
 
 /// gate_up [cap, 2 I] → act [cap, I].
@@ -285,8 +315,18 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
     ];
+    let mut splits: Vec<u32> = (0..=40).map(|i| attention_splits(i * 256)).collect();
+    splits.dedup();
     for dpt in 1..=256u32.div_ceil(ATTN_WG) {
-        v.push(make_key(Kernel::Attention, ATTN_WG, sg, &[("DPT", dpt)]));
+        for &sp in &splits {
+            v.push(make_key(
+                Kernel::Attention,
+                ATTN_WG,
+                sg,
+                &[("DPT", dpt), ("SPLITS", sp)],
+            ));
+        }
     }
+    v.push(make_key(Kernel::AttentionCombine, EW_WG, sg, &[]));
     v
 }

@@ -194,6 +194,7 @@ impl Pipelines {
                 })
         })?;
         Ok(Dispatch {
+            op: key.kernel.file_name().trim_end_matches(".wgsl"),
             label,
             kernel: key.kernel,
             pipeline: compiled.pipeline.clone(),
@@ -207,6 +208,8 @@ impl Pipelines {
 
 /// One prebuilt kernel launch, replayed every step.
 pub struct Dispatch {
+    /// The graph op it implements (`qkv`, `attention`, `down`, …), set by the planner; the kernel name otherwise.
+    pub op: &'static str,
     pub label: String,
     pub kernel: Kernel,
     pub pipeline: wgpu::ComputePipeline,
@@ -218,6 +221,12 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
+    /// Names the graph op this dispatch implements.
+    pub fn named(mut self, op: &'static str) -> Self {
+        self.op = op;
+        self
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);

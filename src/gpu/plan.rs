@@ -245,6 +245,8 @@ pub struct Activations {
     pub q: wgpu::Buffer,
     /// [capacity, H d] f32
     pub attn: wgpu::Buffer,
+    /// [1, H, splits, d + 2] f32 decode attention partials (flash-decoding)
+    pub attn_part: wgpu::Buffer,
     /// [capacity, 2 I] f32
     pub gate_up: wgpu::Buffer,
     /// [capacity, I] f32
@@ -311,6 +313,12 @@ impl Plan {
             qkv: gpu.storage("qkv", f32s(cap * qkv_n))?,
             q: gpu.storage("q", f32s(cap * c.num_heads * hd))?,
             attn: gpu.storage("attn", f32s(cap * c.num_heads * hd))?,
+            attn_part: gpu.storage(
+                "attn_part",
+                f32s(
+                    c.num_heads * kernels::attention_splits(shape.slots as u32) as usize * (hd + 2),
+                ),
+            )?,
             gate_up: gpu.storage("gate_up", f32s(cap * 2 * c.intermediate_size))?,
             act: gpu.storage("act", f32s(cap * c.intermediate_size))?,
             logits: gpu.storage("logits", f32s(logit_rows * c.vocab_size))?,
@@ -329,6 +337,10 @@ impl Plan {
     }
 }
 
+fn named(v: Vec<Dispatch>, op: &'static str) -> Vec<Dispatch> {
+    v.into_iter().map(|d| d.named(op)).collect()
+}
+
 /// Emits `norm → linears` for projections sharing an input: in decode the norm is fused into each GPTQ GEMV's
 /// prologue (no separate dispatch, no `xn` round trip); otherwise a separate RMSNorm op writes `xn` first.
 #[allow(clippy::too_many_arguments)]
@@ -343,20 +355,15 @@ fn normed_linears(
     mode: &dyn Fn(bool, u32) -> LinearMode,
     y_stride: u32,
     hidden: u32,
+    op: &'static str,
 ) -> Result<()> {
     let m0 = mode(false, 0);
     let fuse = !m0.gemm && parts.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_)));
     if !fuse {
-        d.push(kernels::rmsnorm(
-            pipes,
-            &b.step,
-            &b.x,
-            norm,
-            &b.xn,
-            hidden,
-            eps,
-            m0.capacity,
-        )?);
+        d.push(
+            kernels::rmsnorm(pipes, &b.step, &b.x, norm, &b.xn, hidden, eps, m0.capacity)?
+                .named("rmsnorm"),
+        );
     }
     for (lin, col0) in parts {
         let (x, pro) = if fuse {
@@ -366,9 +373,10 @@ fn normed_linears(
         };
         let mut m = mode(false, *col0);
         m.y_stride = y_stride;
-        d.extend(linear::linear_dispatches(
-            pipes, &b.step, lin, x, out, &b.dummy, m, pro,
-        )?);
+        d.extend(named(
+            linear::linear_dispatches(pipes, &b.step, lin, x, out, &b.dummy, m, pro)?,
+            op,
+        ));
     }
     Ok(())
 }
@@ -420,31 +428,41 @@ fn build(
             &mode,
             qkv_n,
             h,
+            "qkv",
         )?;
         d.push(kernels::rope_kv(
             pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap,
         )?);
-        d.push(kernels::attention(
+        let splits = if gemm {
+            1
+        } else {
+            kernels::attention_splits(shape.slots as u32)
+        };
+        d.extend(kernels::attention(
             pipes,
             step,
             &b.q,
             kc,
             vc,
             &b.attn,
+            &b.attn_part,
             attn,
             cap,
-            shape.slots as u32,
+            splits,
         )?);
-        d.extend(linear::linear_dispatches(
-            pipes,
-            step,
-            &l.o,
-            &b.attn,
-            &b.x,
-            &b.dummy,
-            mode(true, 0),
-            Prologue::None,
-        )?);
+        d.extend(named(
+            linear::linear_dispatches(
+                pipes,
+                step,
+                &l.o,
+                &b.attn,
+                &b.x,
+                &b.dummy,
+                mode(true, 0),
+                Prologue::None,
+            )?,
+            "o_proj",
+        ));
         normed_linears(
             &mut d,
             pipes,
@@ -456,6 +474,7 @@ fn build(
             &mode,
             2 * inter,
             h,
+            "gate_up",
         )?;
         let fuse_swiglu = !gemm && matches!(l.down, GpuLinear::Gptq(_));
         let (down_x, pro) = if fuse_swiglu {
@@ -466,46 +485,55 @@ fn build(
             )?);
             (&b.act, Prologue::None)
         };
-        d.extend(linear::linear_dispatches(
+        d.extend(named(
+            linear::linear_dispatches(
+                pipes,
+                step,
+                &l.down,
+                down_x,
+                &b.x,
+                &b.dummy,
+                mode(true, 0),
+                pro,
+            )?,
+            "down",
+        ));
+    }
+    d.push(
+        kernels::rmsnorm(
             pipes,
             step,
-            &l.down,
-            down_x,
             &b.x,
-            &b.dummy,
-            mode(true, 0),
-            pro,
-        )?);
-    }
-    d.push(kernels::rmsnorm(
-        pipes,
-        step,
-        &b.x,
-        &w.final_norm,
-        &b.xn,
-        h,
-        c.rms_norm_eps,
-        cap,
-    )?);
+            &w.final_norm,
+            &b.xn,
+            h,
+            c.rms_norm_eps,
+            cap,
+        )?
+        .named("final_norm"),
+    );
     let v = c.vocab_size as u32;
-    d.extend(linear::linear_dispatches(
-        pipes,
-        step,
-        &w.lm_head,
-        &b.xn,
-        &b.logits,
-        &b.dummy,
-        LinearMode {
-            capacity: cap,
-            gemm: false,
-            add: false,
-            last_only,
-            y_col0: 0,
-            y_stride: v,
-            tune: None,
-        },
-        Prologue::None,
-    )?);
+    d.extend(named(
+        linear::linear_dispatches(
+            pipes,
+            step,
+            &w.lm_head,
+            &b.xn,
+            &b.logits,
+            &b.dummy,
+            LinearMode {
+                capacity: cap,
+                gemm: false,
+                add: false,
+                last_only,
+                y_col0: 0,
+                y_stride: v,
+                tune: None,
+            },
+            Prologue::None,
+        )?,
+        "lm_head",
+    ));
     if last_only {
         d.push(kernels::argmax(
             pipes, step, &b.logits, &b.tokens, &b.out_ids, v, 0,

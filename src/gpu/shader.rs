@@ -16,13 +16,14 @@ pub enum Kernel {
     LinearF16,
     Rope,
     Attention,
+    AttentionCombine,
     SiluMul,
     Argmax,
     Stream,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
@@ -30,6 +31,7 @@ impl Kernel {
         Kernel::LinearF16,
         Kernel::Rope,
         Kernel::Attention,
+        Kernel::AttentionCombine,
         Kernel::SiluMul,
         Kernel::Argmax,
         Kernel::Stream,
@@ -44,6 +46,7 @@ impl Kernel {
             Kernel::LinearF16 => "linear_f16.wgsl",
             Kernel::Rope => "rope.wgsl",
             Kernel::Attention => "attention.wgsl",
+            Kernel::AttentionCombine => "attention_combine.wgsl",
             Kernel::SiluMul => "silu_mul.wgsl",
             Kernel::Argmax => "argmax.wgsl",
             Kernel::Stream => "stream.wgsl",
@@ -59,6 +62,7 @@ impl Kernel {
             Kernel::LinearF16 => include_str!("../../shaders/linear_f16.wgsl"),
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
+            Kernel::AttentionCombine => include_str!("../../shaders/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("../../shaders/silu_mul.wgsl"),
             Kernel::Argmax => include_str!("../../shaders/argmax.wgsl"),
             Kernel::Stream => include_str!("../../shaders/stream.wgsl"),
@@ -76,7 +80,7 @@ impl Kernel {
             Kernel::LinearF16 => &[U, U, R, R, W],
             Kernel::Rope => &[U, U, R, R, W, W, W],
             Kernel::Attention => &[U, U, R, R, R, W],
-            Kernel::SiluMul => &[U, U, R, W],
+            Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
             Kernel::Argmax => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
         }

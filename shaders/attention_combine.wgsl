@@ -1,0 +1,41 @@
+// Merges the SPLITS partial attention results of attention.wgsl (flash-decoding):
+// out = sum_s exp(m_s - m) acc_s / sum_s exp(m_s - m) l_s, m = max_s m_s. One workgroup per (head, token).
+// Empty splits carry m = -3.4e38, l = 0 and contribute nothing.
+
+struct Params {
+    n_heads: u32,
+    head_dim: u32,
+    splits: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+// part: [capacity, n_heads, splits, d + 2] f32 (acc[0..d], max, sum)
+@group(0) @binding(2) var<storage, read> part: array<f32>;
+// out: [capacity, n_heads * d] f32
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size({{WG}})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.x;
+    let t = wid.y;
+    if (t >= step.n_tokens) { return; }
+    let d = p.head_dim;
+    let base = (t * p.n_heads + h) * p.splits * (d + 2u);
+    var m = -3.4e38;
+    for (var s = 0u; s < p.splits; s++) { m = max(m, part[base + s * (d + 2u) + d]); }
+    var l = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        let o = base + s * (d + 2u);
+        l += exp(part[o + d] - m) * part[o + d + 1u];
+    }
+    for (var e = lid; e < d; e += {{WG}}u) {
+        var a = 0.0;
+        for (var s = 0u; s < p.splits; s++) {
+            let o = base + s * (d + 2u);
+            a += exp(part[o + d] - m) * part[o + e];
+        }
+        out[(t * p.n_heads + h) * d + e] = a / l;
+    }
+}
