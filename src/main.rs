@@ -1,8 +1,10 @@
-//! The `wgptq` command line: `generate` (one prompt, streamed or as JSON) and `info` (what a model is and what it
-//! needs). Errors are one clear line and a non-zero exit.
+//! The `wgptq` command line: `generate` (one prompt, streamed or as JSON), `bench` (the benchmark runner) and
+//! `info` (what a model is and what it needs). Errors are one clear line and a non-zero exit.
 
 use std::io::Write;
 use std::path::PathBuf;
+
+mod cli;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -83,6 +85,9 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Measure load time, prefill and decode speed, bandwidth against the adapter's own ceiling, and (with
+    /// --profile) the time of every op.
+    Bench(Box<cli::bench::BenchArgs>),
     /// Describe a model (architecture, quantization, memory needs) and the adapters found.
     Info {
         #[arg(long)]
@@ -195,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => cli::bench::run(*args),
         Command::Info { model, context } => {
             println!("adapters:");
             for (i, a) in wgptq::gpu::context::list_adapters().iter().enumerate() {

@@ -256,6 +256,7 @@ fn f16_matmul_chunks_and_last_row() {
 }
 
 /// RoPE + KV write + attention, chunk after chunk, against a CPU model of the same sequence.
+#[allow(clippy::too_many_arguments)]
 fn attention_sequence(
     n_heads: usize,
     n_kv: usize,

@@ -7,26 +7,26 @@
 //! steps, each ending with its token readback), medians over `runs` after `warmup` runs; GPU timestamps only for
 //! the ceiling and the per-op profile, where the host's share would distort the figure.
 
+mod ceiling;
 mod profile;
 mod report;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+pub use ceiling::{CEILING_MAX_BYTES, CEILING_WARMUP};
 pub use report::{
     AdapterReport, BenchReport, CeilingReport, DecodeResult, LoadReport, MemoryReport, ModelReport,
     OpProfile, OpRow, PrefillResult, QuantReport, SettingsReport,
 };
 
 use crate::error::{Error, Result};
-use crate::gpu::kernels;
 use crate::gpu::linear::GpuLinear;
 use crate::gpu::plan::{GpuWeights, Plan};
-use crate::gpu::{DeviceOptions, Dispatch, Gpu, Pipelines};
+use crate::gpu::{DeviceOptions, Gpu};
 use crate::model::{CheckpointFormat, ModelFiles};
 use crate::sampling::argmax;
 use crate::session::{LoadOptions, Model, Session};
@@ -35,9 +35,6 @@ use report::median;
 
 /// The wgpu release this crate is built against (reported with every result).
 pub const WGPU_VERSION: &str = "30.0.2";
-
-/// Largest buffer the bandwidth ceiling streams through.
-pub const CEILING_MAX_BYTES: u64 = 1 << 30;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -154,10 +151,15 @@ pub fn run_with_progress(
     let cfg = files.config.clone();
     let need = opts.max_context();
     if need > cfg.max_position_embeddings {
-        return Err(Error::ContextOverflow {
-            tokens: need,
-            limit: cfg.max_position_embeddings,
-        });
+        return Err(invalid(
+            "contexts/prompt_lens",
+            need,
+            &format!(
+                "the largest prompt, or the largest context plus the decode tokens, needs {need} positions; \
+                 the model allows {}",
+                cfg.max_position_embeddings
+            ),
+        ));
     }
     let model_report = model_report(&files);
 
@@ -177,7 +179,7 @@ pub fn run_with_progress(
     let upload_s = t.elapsed().as_secs_f64();
 
     progress("measuring the streaming-read ceiling");
-    let ceiling = measure_ceiling(&gpu, &model.pipes, opts.runs.max(3))?;
+    let ceiling = ceiling::measure(&gpu, &model.pipes, opts.runs.max(3))?;
 
     progress("building the session plan");
     let t = Instant::now();
@@ -245,7 +247,6 @@ pub fn run_with_progress(
         );
     }
     let setup = ProfileSetup {
-        layers: cfg.num_layers,
         window: cfg.sliding_window,
         ceiling_gbps: ceiling.gbps,
         steps: opts.runs,
@@ -381,153 +382,6 @@ fn model_report(files: &ModelFiles) -> ModelReport {
     }
 }
 
-/// Timestamp query set and buffers for one pass (begin, end).
-struct PassTimer {
-    set: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    staging: wgpu::Buffer,
-}
-
-impl PassTimer {
-    fn new(gpu: &Gpu) -> PassTimer {
-        let d = &gpu.device;
-        let buf = |label, usage| {
-            d.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: 16,
-                usage,
-                mapped_at_creation: false,
-            })
-        };
-        PassTimer {
-            set: d.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("ceiling"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            }),
-            resolve: buf(
-                "ceiling resolve",
-                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            ),
-            staging: buf(
-                "ceiling readback",
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            ),
-        }
-    }
-}
-
-/// Runs `reps` copies of the stream dispatch in one pass and one submit: (wall seconds, GPU seconds).
-fn time_stream(
-    gpu: &Gpu,
-    d: &Dispatch,
-    reps: u32,
-    timer: Option<&PassTimer>,
-) -> Result<(f64, Option<f64>)> {
-    let cmd = gpu.scoped("ceiling", || {
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("ceiling"),
-            });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("ceiling"),
-                timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
-                    query_set: &t.set,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            });
-            for _ in 0..reps {
-                d.record(&mut pass);
-            }
-        }
-        if let Some(t) = timer {
-            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
-            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.staging, 0, 16);
-        }
-        enc.finish()
-    })?;
-    let t0 = Instant::now();
-    gpu.scoped("ceiling submit", || gpu.queue.submit([cmd]))?;
-    gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Gpu {
-            op: "ceiling".into(),
-            reason: e.to_string(),
-        })?;
-    let wall = t0.elapsed().as_secs_f64();
-    let gpu_s = match timer {
-        Some(t) => {
-            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.staging, 16)?);
-            let period = gpu.queue.get_timestamp_period() as f64;
-            match ticks.as_slice() {
-                [a, b, ..] if b > a => Some((b - a) as f64 * period * 1e-9),
-                _ => None,
-            }
-        }
-        None => None,
-    };
-    Ok((wall, gpu_s))
-}
-
-/// Streaming-read bandwidth over a buffer of min(1 GiB, max binding) bytes: the `stream` kernel read `reps`
-/// times per submit (enough for ≈ 20 ms, so submit overhead is small), median of `runs` submits.
-fn measure_ceiling(gpu: &Arc<Gpu>, pipes: &Pipelines, runs: usize) -> Result<CeilingReport> {
-    let size = CEILING_MAX_BYTES
-        .min(gpu.caps.max_binding_size)
-        .min(gpu.caps.max_buffer_size)
-        / 256
-        * 256;
-    let n_vec4 = size / 16;
-    let threads = (n_vec4 / 16).max(256).next_multiple_of(256);
-    let src = gpu.storage("bench.stream.src", size)?;
-    // Non-zero contents, so no driver or memory compression can shortcut the reads.
-    let piece: Vec<u32> = (0..(16u64 << 20).min(size / 4) as u32)
-        .map(|i| i.wrapping_mul(0x9E37_79B1) | 1)
-        .collect();
-    let piece: &[u8] = bytemuck::cast_slice(&piece);
-    let mut off = 0u64;
-    while off < size {
-        let len = (piece.len() as u64).min(size - off) as usize;
-        gpu.queue.write_buffer(&src, off, &piece[..len]);
-        off += len as u64;
-    }
-    let dst = gpu.storage("bench.stream.dst", threads * 4)?;
-    let step = gpu.uniform_init("bench.step", &[0u8; 16]);
-    let d = kernels::stream(pipes, &step, &src, &dst, n_vec4 as u32, threads as u32)?;
-    let timer = gpu.caps.timestamps.then(|| PassTimer::new(gpu));
-    let (t1, _) = time_stream(gpu, &d, 1, None)?;
-    let reps = ((0.02 / t1.max(1e-6)).ceil() as u32).clamp(1, 64);
-    let mut wall = Vec::with_capacity(runs);
-    let mut ts = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let (w, g) = time_stream(gpu, &d, reps, timer.as_ref())?;
-        let bytes = size as f64 * reps as f64;
-        wall.push(bytes / w / 1e9);
-        if let Some(g) = g {
-            ts.push(bytes / g / 1e9);
-        }
-    }
-    let wall_gbps = median(&wall);
-    let timestamp_gbps = (!ts.is_empty()).then(|| median(&ts));
-    Ok(CeilingReport {
-        buffer_bytes: size,
-        reads_per_submit: reps,
-        runs,
-        wall_gbps,
-        timestamp_gbps,
-        gbps: timestamp_gbps.unwrap_or(wall_gbps),
-        source: if timestamp_gbps.is_some() {
-            "pass timestamps"
-        } else {
-            "wall clock"
-        }
-        .into(),
-    })
-}
-
 fn linear_bytes(l: &GpuLinear) -> u64 {
     match l {
         GpuLinear::Gptq(g) => {
@@ -564,8 +418,19 @@ pub fn session_bytes(plan: &Plan, vocab: usize) -> u64 {
     let b = &plan.bufs;
     let kv: u64 = b.kv.iter().map(|(k, v)| k.size() + v.size()).sum();
     let acts = [
-        &b.step, &b.tokens, &b.x, &b.xn, &b.qkv, &b.q, &b.attn, &b.gate_up, &b.act, &b.logits,
-        &b.out_ids, &b.dummy,
+        &b.step,
+        &b.tokens,
+        &b.x,
+        &b.xn,
+        &b.qkv,
+        &b.q,
+        &b.attn,
+        &b.attn_part,
+        &b.gate_up,
+        &b.act,
+        &b.logits,
+        &b.out_ids,
+        &b.dummy,
     ];
     kv + acts.iter().map(|x| x.size()).sum::<u64>() + (vocab * 4 + 16) as u64
 }

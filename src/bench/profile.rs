@@ -1,8 +1,8 @@
 //! Per-op GPU timing of one decode step: a timestamp is written inside the step's single compute pass before
 //! every dispatch and after the last (TIMESTAMP_QUERY_INSIDE_PASSES), so each interval is one dispatch including
 //! the barrier before the next. The step replayed is exactly the session's decode plan, at the session's
-//! position, so what is profiled is what runs. Intervals are grouped by the op's role in the model (inferred
-//! from the planner's op order) and kernel variant, and set against each op's byte floor.
+//! position, so what is profiled is what runs. Intervals are grouped by graph op (the name the planner gives each
+//! dispatch: `qkv`, `attention`, `down`, ...) and kernel variant, and set against each op's byte floor.
 
 use std::collections::HashMap;
 
@@ -14,51 +14,9 @@ use crate::session::Session;
 
 /// What the profiler needs to know besides the plan.
 pub(crate) struct ProfileSetup {
-    pub layers: usize,
     pub window: Option<usize>,
     pub ceiling_gbps: f64,
     pub steps: usize,
-}
-
-/// Role of each dispatch in a decode plan: the planner emits, per layer, norm → q/k/v → rope+KV → attention →
-/// o → norm → gate/up → SiLU·mul → down, then the final norm, the head and the argmax. Linears are named by the
-/// op before them; anything unexpected keeps its kernel's name.
-pub(crate) fn roles(list: &[Dispatch], layers: usize) -> Vec<&'static str> {
-    let mut norms = 0usize;
-    let mut linear_role = "linear";
-    list.iter()
-        .map(|d| match d.kernel {
-            Kernel::Embed => "embed",
-            Kernel::RmsNorm => {
-                let last = norms == 2 * layers;
-                linear_role = if last {
-                    "lm_head"
-                } else if norms % 2 == 0 {
-                    "qkv_proj"
-                } else {
-                    "gate_up_proj"
-                };
-                norms += 1;
-                if last {
-                    "final_norm"
-                } else {
-                    "rmsnorm"
-                }
-            }
-            Kernel::Rope => "rope_kv",
-            Kernel::Attention => {
-                linear_role = "o_proj";
-                "attention"
-            }
-            Kernel::SiluMul => {
-                linear_role = "down_proj";
-                "silu_mul"
-            }
-            Kernel::Argmax => "argmax",
-            Kernel::Stream => "stream",
-            Kernel::GptqGemv | Kernel::GptqGemm | Kernel::LinearF16 => linear_role,
-        })
-        .collect()
 }
 
 /// Times the session's decode step `setup.steps` times for input `token` at the current position (which it
@@ -157,7 +115,6 @@ fn aggregate(
     slots: usize,
     setup: &ProfileSetup,
 ) -> OpProfile {
-    let roles = roles(list, setup.layers);
     // The attention op's floor is planned for a full cache; scale it to the keys this step reads.
     let keys = (pos + 1)
         .min(setup.window.unwrap_or(usize::MAX))
@@ -167,8 +124,8 @@ fn aggregate(
     let mut calls: Vec<usize> = Vec::new();
     let mut bytes: Vec<u64> = Vec::new();
     let mut of: Vec<usize> = Vec::with_capacity(list.len());
-    for (d, role) in list.iter().zip(&roles) {
-        let key = (*role, d.label.as_str());
+    for d in list {
+        let key = (d.op, d.label.as_str());
         let i = *index.entry(key).or_insert_with(|| {
             order.push(key);
             calls.push(0);

@@ -102,16 +102,20 @@ pub struct MemoryReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct CeilingReport {
     pub buffer_bytes: u64,
+    /// Threads of the best grid (each reads buffer_bytes / threads bytes, 16 at a time).
+    pub threads: u64,
     /// Reads of the buffer recorded in one pass and one submit.
     pub reads_per_submit: u32,
     pub runs: usize,
-    /// Median, wall clock around submit + wait.
+    /// Median of the best grid, wall clock around submit + wait.
     pub wall_gbps: f64,
-    /// Median, from pass timestamps (when the adapter has them).
+    /// Median of the best grid, from pass timestamps (when the adapter has them).
     pub timestamp_gbps: Option<f64>,
-    /// The figure percentages refer to: timestamps when present, else wall clock.
+    /// The figure percentages refer to: the best grid's timestamps when present, else its wall clock.
     pub gbps: f64,
     pub source: String,
+    /// (threads, GB/s) of every grid tried.
+    pub sweep: Vec<(u64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -158,7 +162,7 @@ pub struct OpProfile {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OpRow {
-    /// Role in the model (qkv_proj, attention, ...), inferred from the plan's op order.
+    /// The graph op the planner names (qkv, attention, down, ...).
     pub op: String,
     /// Kernel variant label.
     pub kernel: String,
@@ -171,8 +175,32 @@ pub struct OpRow {
     pub pct_of_ceiling: f64,
 }
 
-fn gb(bytes: u64) -> f64 {
-    bytes as f64 / 1e9
+/// A value with about four significant digits (tables hold both H100 and lavapipe figures).
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1000.0 || a == 0.0 {
+        format!("{x:.0}")
+    } else if a >= 100.0 {
+        format!("{x:.1}")
+    } else if a >= 10.0 {
+        format!("{x:.2}")
+    } else if a >= 0.01 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+/// Bytes in decimal units (GB = 10⁹ bytes).
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.3} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
 }
 
 impl BenchReport {
@@ -231,27 +259,27 @@ impl BenchReport {
         let me = &self.memory;
         let _ = writeln!(
             s,
-            "memory    {:.3} GB (weights {:.3} GB, session {:.3} GB; {})",
-            gb(me.total_bytes),
-            gb(me.weights_bytes),
-            gb(me.session_bytes),
+            "memory    {} (weights {}, session {}; {})",
+            size(me.total_bytes),
+            size(me.weights_bytes),
+            size(me.session_bytes),
             me.method
         );
         let _ = writeln!(
             s,
-            "weights   {:.3} GB read per decoded token",
-            gb(self.decode_bytes_per_token)
+            "weights   {} read per decoded token",
+            size(self.decode_bytes_per_token)
         );
         let c = &self.ceiling;
         let _ = writeln!(
             s,
-            "ceiling   {:.1} GB/s streaming read of {:.3} GB ({}; wall clock {:.1} GB/s{})",
-            c.gbps,
-            gb(c.buffer_bytes),
+            "ceiling   {} GB/s streaming read of {} ({}, best of {} grids: {} threads; wall clock {} GB/s)",
+            num(c.gbps),
+            size(c.buffer_bytes),
             c.source,
-            c.wall_gbps,
-            c.timestamp_gbps
-                .map_or(String::new(), |t| format!(", timestamps {t:.1} GB/s")),
+            c.sweep.len(),
+            c.threads,
+            num(c.wall_gbps),
         );
         if !self.prefill.is_empty() {
             let _ = writeln!(
@@ -262,10 +290,10 @@ impl BenchReport {
             for p in &self.prefill {
                 let _ = writeln!(
                     s,
-                    "          {:>8} {:>12.1} {:>12.2}{}",
+                    "          {:>8} {:>12} {:>12}{}",
                     p.prompt_len,
-                    p.tok_s,
-                    p.ms,
+                    num(p.tok_s),
+                    num(p.ms),
                     if p.logits_finite {
                         ""
                     } else {
@@ -283,13 +311,13 @@ impl BenchReport {
             for d in &self.decode {
                 let _ = writeln!(
                     s,
-                    "          {:>8} {:>10.1} {:>10.3} {:>10.1} {:>8.1} {:>14.1}",
+                    "          {:>8} {:>10} {:>10} {:>10} {:>8.1} {:>14}",
                     d.context,
-                    d.tok_s,
-                    d.ms_per_token,
-                    d.achieved_gbps,
+                    num(d.tok_s),
+                    num(d.ms_per_token),
+                    num(d.achieved_gbps),
                     d.pct_of_ceiling,
-                    d.cpu_encode_us_per_token
+                    num(d.cpu_encode_us_per_token)
                 );
             }
         }
@@ -313,10 +341,10 @@ fn write_profile(s: &mut String, d: &DecodeResult, p: &OpProfile) {
     );
     let _ = writeln!(
         s,
-        "  {} dispatches, {:.1} µs GPU per token vs {:.1} µs wall ({:.0}% of wall)",
+        "  {} dispatches, {} µs GPU per token vs {} µs wall ({:.0}% of wall)",
         p.dispatches,
-        p.gpu_us_per_token,
-        d.ms_per_token * 1e3,
+        num(p.gpu_us_per_token),
+        num(d.ms_per_token * 1e3),
         if d.ms_per_token > 0.0 {
             p.gpu_us_per_token / (d.ms_per_token * 10.0)
         } else {
@@ -325,19 +353,19 @@ fn write_profile(s: &mut String, d: &DecodeResult, p: &OpProfile) {
     );
     let _ = writeln!(
         s,
-        "  {:<14} {:>6} {:>10} {:>7} {:>10} {:>9} {:>7}  kernel",
-        "op", "calls", "µs", "% step", "MB", "GB/s", "% ceil"
+        "  {:<18} {:>6} {:>10} {:>7} {:>10} {:>9} {:>7}  kernel",
+        "op", "calls", "µs", "% step", "bytes", "GB/s", "% ceil"
     );
     for r in &p.ops {
         let _ = writeln!(
             s,
-            "  {:<14} {:>6} {:>10.1} {:>7.1} {:>10.2} {:>9.1} {:>7.1}  {}",
+            "  {:<18} {:>6} {:>10} {:>7.1} {:>10} {:>9} {:>7.1}  {}",
             r.op,
             r.calls_per_token,
-            r.us,
+            num(r.us),
             r.pct_of_step,
-            r.bytes as f64 / 1e6,
-            r.gbps,
+            size(r.bytes),
+            num(r.gbps),
             r.pct_of_ceiling,
             r.kernel
         );

@@ -1,0 +1,199 @@
+//! The decode roofline: streaming-read bandwidth of the adapter, measured with the `stream` kernel over a buffer of
+//! min(1 GiB, max binding) bytes after a sustained warm-up, for a few grid sizes, by pass timestamps where the
+//! adapter has them (else wall clock around submit + wait).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::report::{median, CeilingReport};
+use crate::error::{Error, Result};
+use crate::gpu::kernels;
+use crate::gpu::{Dispatch, Gpu, Pipelines};
+
+/// Largest buffer the bandwidth ceiling streams through.
+pub const CEILING_MAX_BYTES: u64 = 1 << 30;
+/// Streaming load run before the ceiling is measured, so clocks have ramped up.
+pub const CEILING_WARMUP: Duration = Duration::from_millis(500);
+
+/// Timestamp query set and buffers for one pass (begin, end).
+struct PassTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl PassTimer {
+    fn new(gpu: &Gpu) -> PassTimer {
+        let d = &gpu.device;
+        let buf = |label, usage| {
+            d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        PassTimer {
+            set: d.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("ceiling"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: buf(
+                "ceiling resolve",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            staging: buf(
+                "ceiling readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+        }
+    }
+}
+
+/// Runs `reps` copies of the stream dispatch in one pass and one submit: (wall seconds, GPU seconds).
+fn time_stream(
+    gpu: &Gpu,
+    d: &Dispatch,
+    reps: u32,
+    timer: Option<&PassTimer>,
+) -> Result<(f64, Option<f64>)> {
+    let cmd = gpu.scoped("ceiling", || {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("ceiling"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("ceiling"),
+                timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            for _ in 0..reps {
+                d.record(&mut pass);
+            }
+        }
+        if let Some(t) = timer {
+            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.staging, 0, 16);
+        }
+        enc.finish()
+    })?;
+    let t0 = Instant::now();
+    gpu.scoped("ceiling submit", || gpu.queue.submit([cmd]))?;
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu {
+            op: "ceiling".into(),
+            reason: e.to_string(),
+        })?;
+    let wall = t0.elapsed().as_secs_f64();
+    let gpu_s = match timer {
+        Some(t) => {
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.staging, 16)?);
+            let period = gpu.queue.get_timestamp_period() as f64;
+            match ticks.as_slice() {
+                [a, b, ..] if b > a => Some((b - a) as f64 * period * 1e-9),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    Ok((wall, gpu_s))
+}
+
+/// Streaming-read bandwidth over a buffer of min(1 GiB, max binding) bytes: the `stream` kernel read `reps`
+/// times per submit (enough for ≈ 20 ms, so submit overhead is small), median of `runs` submits, for several
+/// grid sizes (loads in flight per thread differ by adapter); the best grid is the ceiling.
+pub(crate) fn measure(gpu: &Arc<Gpu>, pipes: &Pipelines, runs: usize) -> Result<CeilingReport> {
+    let size = CEILING_MAX_BYTES
+        .min(gpu.caps.max_binding_size)
+        .min(gpu.caps.max_buffer_size)
+        / 256
+        * 256;
+    let n_vec4 = size / 16;
+    let src = gpu.storage("bench.stream.src", size)?;
+    // Non-zero contents, so no driver or memory compression can shortcut the reads.
+    let piece: Vec<u32> = (0..(16u64 << 20).min(size / 4) as u32)
+        .map(|i| i.wrapping_mul(0x9E37_79B1) | 1)
+        .collect();
+    let piece: &[u8] = bytemuck::cast_slice(&piece);
+    let mut off = 0u64;
+    while off < size {
+        let len = (piece.len() as u64).min(size - off) as usize;
+        gpu.queue.write_buffer(&src, off, &piece[..len]);
+        off += len as u64;
+    }
+    // Threads of each grid tried; each writes one word, at most 1/16 of the bytes read.
+    let mut grids: Vec<u64> = [4u64, 16, 64, 256]
+        .iter()
+        .map(|d| (n_vec4 / d).max(256).next_multiple_of(256))
+        .collect();
+    grids.dedup();
+    let dst = gpu.storage("bench.stream.dst", grids[0] * 4)?;
+    let step = gpu.uniform_init("bench.step", &[0u8; 16]);
+    let timer = gpu.caps.timestamps.then(|| PassTimer::new(gpu));
+    // Sustained load first: GPUs raise memory and core clocks only after some time under load (an H100 read
+    // 1.6 TB/s instead of 3.1 without this).
+    let d = kernels::stream(
+        pipes,
+        &step,
+        &src,
+        &dst,
+        n_vec4 as u32,
+        grids[grids.len() / 2] as u32,
+    )?;
+    let t0 = Instant::now();
+    while t0.elapsed() < CEILING_WARMUP {
+        time_stream(gpu, &d, 4, None)?;
+    }
+    let mut best: Option<(f64, u64, u32, f64, Option<f64>)> = None;
+    let mut sweep = Vec::with_capacity(grids.len());
+    for threads in grids {
+        let d = kernels::stream(pipes, &step, &src, &dst, n_vec4 as u32, threads as u32)?;
+        time_stream(gpu, &d, 1, None)?; // warm-up: pipeline, clocks
+        let (t1, _) = time_stream(gpu, &d, 1, None)?;
+        let reps = ((0.02 / t1.max(1e-6)).ceil() as u32).clamp(1, 64);
+        let mut wall = Vec::with_capacity(runs);
+        let mut ts = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (w, g) = time_stream(gpu, &d, reps, timer.as_ref())?;
+            let bytes = size as f64 * reps as f64;
+            wall.push(bytes / w / 1e9);
+            if let Some(g) = g {
+                ts.push(bytes / g / 1e9);
+            }
+        }
+        let wall_gbps = median(&wall);
+        let ts_gbps = (!ts.is_empty()).then(|| median(&ts));
+        let gbps = ts_gbps.unwrap_or(wall_gbps);
+        sweep.push((threads, gbps));
+        if best.is_none_or(|b| gbps > b.0) {
+            best = Some((gbps, threads, reps, wall_gbps, ts_gbps));
+        }
+    }
+    let (gbps, threads, reps, wall_gbps, timestamp_gbps) = best.ok_or_else(|| Error::Gpu {
+        op: "ceiling".into(),
+        reason: "no grid measured".into(),
+    })?;
+    Ok(CeilingReport {
+        buffer_bytes: size,
+        threads,
+        reads_per_submit: reps,
+        runs,
+        wall_gbps,
+        timestamp_gbps,
+        gbps,
+        source: if timestamp_gbps.is_some() {
+            "pass timestamps"
+        } else {
+            "wall clock"
+        }
+        .into(),
+        sweep,
+    })
+}

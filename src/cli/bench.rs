@@ -1,0 +1,214 @@
+//! `wgptq bench`: benchmark a model directory, or a synthetic GPTQ checkpoint generated on the spot with exact
+//! OpenChat-3.5 shapes (so the numbers mean something on machines without the real weights). Prints the report
+//! table; `--json FILE` also writes the typed report for scripts and CI.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use wgptq::bench::{self, BenchOptions};
+use wgptq::synthetic::{self, SyntheticSpec, WriteOptions};
+use wgptq::DeviceOptions;
+
+/// Arguments of `wgptq bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Model directory to benchmark (a Hugging Face GPTQ layout).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic"
+    )]
+    pub model: Option<PathBuf>,
+    /// Benchmark a synthetic GPTQ checkpoint with random weights and this preset's shapes: openchat-3.5 or tiny.
+    #[arg(long, value_name = "PRESET", value_parser = parse_preset)]
+    pub synthetic: Option<String>,
+    /// Synthetic: bits per weight, 4 or 8 [default: 4].
+    #[arg(long, conflicts_with = "model", value_parser = parse_bits)]
+    pub bits: Option<u32>,
+    /// Synthetic: GPTQ group size, or -1 for one group per column [default: 128].
+    #[arg(long, conflicts_with = "model", allow_hyphen_values = true, value_parser = parse_group_size)]
+    pub group_size: Option<i64>,
+    /// Synthetic: act-order (desc_act) g_idx, a random permutation shared by q/k/v and by gate/up.
+    #[arg(long, conflicts_with = "model")]
+    pub act_order: bool,
+    /// Synthetic: keep the generated model in DIR (default: a temporary directory removed afterwards).
+    #[arg(long, value_name = "DIR", conflicts_with = "model")]
+    pub save: Option<PathBuf>,
+    /// Synthetic: copy tokenizer.json (and its config files) from DIR into the generated model.
+    #[arg(long, value_name = "DIR", conflicts_with = "model")]
+    pub tokenizer_from: Option<PathBuf>,
+    /// Prompt lengths whose prefill is timed (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    pub prompt_lens: Vec<usize>,
+    /// Context lengths at which decode is timed (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,4096")]
+    pub contexts: Vec<usize>,
+    /// Greedy decode steps per timed run.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Timed runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Untimed runs before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Tokens per prefill step.
+    #[arg(long, default_value_t = 128)]
+    pub prefill_chunk: usize,
+    /// Per-op GPU time of one decode step at each context (needs timestamp queries).
+    #[arg(long)]
+    pub profile: bool,
+    /// Also write the report as JSON to FILE ("-" prints JSON to stdout instead of the table).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Adapter to use: index or part of its name (see `wgptq info`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Use the workgroup-memory kernels even where the adapter has subgroups.
+    #[arg(long)]
+    pub no_subgroups: bool,
+    /// Seed of the synthetic weights and of the random prompt token ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn parse_preset(s: &str) -> std::result::Result<String, String> {
+    match SyntheticSpec::preset(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!(
+            "unknown preset; expected one of {}",
+            synthetic::PRESETS.join(", ")
+        )),
+    }
+}
+
+fn parse_bits(s: &str) -> std::result::Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(b @ (4 | 8)) => Ok(b),
+        _ => Err("expected 4 or 8".into()),
+    }
+}
+
+fn parse_group_size(s: &str) -> std::result::Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(g) if g == -1 || g > 0 => Ok(g),
+        _ => Err("expected a positive group size (32, 64, 128, ...) or -1".into()),
+    }
+}
+
+/// A generated model directory removed when dropped (unless it was asked to be kept).
+struct Generated {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Generated {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn describe(spec: &SyntheticSpec) -> String {
+    format!(
+        "{} layers, hidden {}, {}-bit {}{}",
+        spec.layers,
+        spec.hidden,
+        spec.bits,
+        spec.group_size
+            .map_or("g-1".to_string(), |g| format!("g{g}")),
+        if spec.act_order { " act-order" } else { "" }
+    )
+}
+
+fn generate(args: &BenchArgs, preset: &str) -> Result<Generated> {
+    let base = SyntheticSpec::preset(preset).with_context(|| format!("unknown preset {preset}"))?;
+    let spec = SyntheticSpec {
+        bits: args.bits.unwrap_or(4),
+        group_size: match args.group_size.unwrap_or(128) {
+            -1 => None,
+            g => Some(g as usize),
+        },
+        act_order: args.act_order,
+        seed: args.seed,
+        ..base
+    };
+    let (dir, keep) = match &args.save {
+        Some(d) => (d.clone(), true),
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!("wgptq-bench-{}-{nanos}", std::process::id());
+            (std::env::temp_dir().join(name), false)
+        }
+    };
+    let guard = Generated { dir, keep };
+    let bytes: u64 = synthetic::tensor_table(&spec)?
+        .iter()
+        .map(|t| t.bytes())
+        .sum();
+    eprintln!(
+        "writing synthetic {preset} ({}) to {}: {:.2} GB",
+        describe(&spec),
+        guard.dir.display(),
+        bytes as f64 / 1e9
+    );
+    let opts = WriteOptions {
+        tokenizer_from: args.tokenizer_from.clone(),
+        ..Default::default()
+    };
+    let w = synthetic::write_model(&spec, &guard.dir, &opts)
+        .with_context(|| format!("writing the synthetic model to {}", guard.dir.display()))?;
+    eprintln!("written in {:.1} s", w.seconds);
+    Ok(guard)
+}
+
+/// Runs `wgptq bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let generated = match (&args.model, &args.synthetic) {
+        (_, Some(preset)) => Some(generate(&args, preset)?),
+        (Some(_), None) => None,
+        (None, None) => bail!("give --model DIR or --synthetic PRESET"),
+    };
+    let model_dir = match (&generated, &args.model) {
+        (Some(g), _) => g.dir.clone(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => bail!("give --model DIR or --synthetic PRESET"),
+    };
+    let opts = BenchOptions {
+        model_dir,
+        prompt_lens: args.prompt_lens.clone(),
+        contexts: args.contexts.clone(),
+        decode_tokens: args.decode_tokens,
+        runs: args.runs,
+        warmup: args.warmup,
+        profile: args.profile,
+        prefill_chunk: args.prefill_chunk,
+        device: DeviceOptions {
+            adapter: args.device.clone(),
+            no_subgroups: args.no_subgroups,
+        },
+        seed: args.seed,
+    };
+    let t0 = Instant::now();
+    let report = bench::run_with_progress(&opts, |step| {
+        eprintln!("[{:>7.1} s] {step}", t0.elapsed().as_secs_f64());
+    })
+    .with_context(|| format!("benchmarking {}", opts.model_dir.display()))?;
+    drop(generated);
+    match args.json.as_deref() {
+        Some(p) if p == Path::new("-") => println!("{}", report.to_json()),
+        Some(p) => {
+            std::fs::write(p, report.to_json() + "\n")
+                .with_context(|| format!("writing {}", p.display()))?;
+            print!("{}", report.table());
+            eprintln!("wrote {}", p.display());
+        }
+        None => print!("{}", report.table()),
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Subcommand implementations of the `wgptq` binary that are big enough to live outside main.rs. Each module
+//! exposes its clap arguments and a `run` returning `anyhow::Result`, so main.rs only routes.
+
+pub mod bench;
