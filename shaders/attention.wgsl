@@ -2,10 +2,12 @@
 // One workgroup per (token, query head); keys in blocks of WG with an online softmax (running max and sum),
 // scores and softmax in f32 as HF does. GQA: query head h reads kv head h / (n_heads / n_kv).
 //
-// With SPLITS > 1 (decode, flash-decoding) the keys of a query are split over SPLITS workgroups (grid z); each
-// writes its unnormalised partial (acc[d], running max, running sum) and attention_combine.wgsl merges them.
+// With SPLIT = 1 (decode, flash-decoding) the keys of a query are split in runs of SPLIT_KEYS over up to p.splits
+// workgroups (grid z); each writes its unnormalised partial (acc[d], running max, running sum) and
+// attention_combine.wgsl merges them. Workgroups past the keys of this step exit at once, so short contexts
+// cost no more than one split.
 //
-// Defines: WG (keys per block, also threads), DPT (head dims per thread = ceil(d / WG)), SPLITS.
+// Defines: WG (keys per block, also threads), DPT (head dims per thread = ceil(d / WG)), SPLIT (0 | 1).
 
 struct Params {
     n_heads: u32,
@@ -14,7 +16,7 @@ struct Params {
     slots: u32,   // KV cache slots S (slot = pos % S)
     window: u32,  // sliding window W, 0 for none
     scale: f32,   // 1 / sqrt(d)
-    _pad0: u32,
+    splits: u32,  // SPLIT = 1: partial slots per (token, head) in `out`
     _pad1: u32,
 }
 
@@ -25,9 +27,11 @@ struct Params {
 // k_cache, v_cache: [S, n_kv, d / 2] u32, f16 pairs along d
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;
-// out: SPLITS = 1: [capacity, n_heads * d] f32; SPLITS > 1: partials [capacity, n_heads, SPLITS, d + 2] f32
+// out: SPLIT = 0: [capacity, n_heads * d] f32; SPLIT = 1: partials [capacity, n_heads, splits, d + 2] f32
 // (acc[0..d], max, sum)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+const SPLIT_KEYS: u32 = 256u;
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> probs: array<f32, {{WG}}>;
@@ -44,10 +48,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var lo = 0u;
     if (p.window > 0u && i + 1u > p.window) { lo = i + 1u - p.window; }
     var hi = i + 1u; // keys [lo, hi)
-    if ({{SPLITS}}u > 1u) {
-        let per = (hi - lo + {{SPLITS}}u - 1u) / {{SPLITS}}u;
-        let s0 = min(lo + wid.z * per, hi);
-        hi = min(s0 + per, hi);
+    if ({{SPLIT}}u == 1u) {
+        let s0 = lo + wid.z * SPLIT_KEYS;
+        if (s0 >= hi) { return; }
+        hi = min(s0 + SPLIT_KEYS, hi);
         lo = s0;
     }
     let qb = t * p.n_heads * d + h * d;
@@ -96,8 +100,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         workgroupBarrier();
     }
-    if ({{SPLITS}}u > 1u) {
-        let pb = ((t * p.n_heads + h) * {{SPLITS}}u + wid.z) * (d + 2u);
+    if ({{SPLIT}}u == 1u) {
+        let pb = ((t * p.n_heads + h) * p.splits + wid.z) * (d + 2u);
         for (var c = 0u; c < {{DPT}}u; c++) {
             let e = lid + c * {{WG}}u;
             if (e < d) { out[pb + e] = acc[c]; }

@@ -1,12 +1,12 @@
 // Merges the SPLITS partial attention results of attention.wgsl (flash-decoding):
 // out = sum_s exp(m_s - m) acc_s / sum_s exp(m_s - m) l_s, m = max_s m_s. One workgroup per (head, token).
-// Empty splits carry m = -3.4e38, l = 0 and contribute nothing.
+// Only the splits that hold keys of this step (runs of 256 keys from the window start) are read.
 
 struct Params {
     n_heads: u32,
     head_dim: u32,
-    splits: u32,
-    _pad: u32,
+    splits: u32,  // splits allocated per (token, head) in `part`
+    window: u32,  // sliding window W, 0 for none
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,16 +23,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (t >= step.n_tokens) { return; }
     let d = p.head_dim;
     let base = (t * p.n_heads + h) * p.splits * (d + 2u);
+    let i = step.pos0 + t;
+    var lo = 0u;
+    if (p.window > 0u && i + 1u > p.window) { lo = i + 1u - p.window; }
+    let used = min((i + 1u - lo + 255u) / 256u, p.splits);
     var m = -3.4e38;
-    for (var s = 0u; s < p.splits; s++) { m = max(m, part[base + s * (d + 2u) + d]); }
+    for (var s = 0u; s < used; s++) { m = max(m, part[base + s * (d + 2u) + d]); }
     var l = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
+    for (var s = 0u; s < used; s++) {
         let o = base + s * (d + 2u);
         l += exp(part[o + d] - m) * part[o + d + 1u];
     }
     for (var e = lid; e < d; e += {{WG}}u) {
         var a = 0.0;
-        for (var s = 0u; s < p.splits; s++) {
+        for (var s = 0u; s < used; s++) {
             let o = base + s * (d + 2u);
             a += exp(part[o + d] - m) * part[o + e];
         }

@@ -5,14 +5,18 @@
 // Weights are in the prepared layout (src/prep.rs): K rows sorted by group (act-order resolved at load), so
 // group g owns rows [g * group_rows, (g + 1) * group_rows); padding rows have perm = 0xffffffff and read a = 0.
 // The workgroup stages the (gathered, transformed) activations in workgroup memory XCHUNK rows at a time, so the
-// permutation and the prologue cost one pass per workgroup, not one per thread. A thread owns 4 adjacent output
+// permutation and the prologue cost one pass per workgroup, not one per thread. RMSNorm's 1 / rms is a scalar per
+// row, so the staging pass stores x * w and sums x^2 on the way (every input index is staged exactly once), and
+// the result is scaled at the end: no separate pass over x. Weight words are loaded UNROLL at a time into
+// registers (the first batch before the staging pass) so their latency overlaps; codes become floats with the
+// exponent trick (0x4B000000 | q is 2^23 + q) instead of integer-to-float conversions. A thread owns 4 adjacent output
 // columns (one 16-byte load per packed row) and a contiguous slice of each chunk's packed rows; the K slices of a
 // workgroup are summed in workgroup memory. Group scale and zero are applied once per group and slice:
 // s * (sum(a q) - z * sum(a)).
 //
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (K slices per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
-// ADD (y += result: the residual epilogue), PRO (0 none, 1 RMSNorm, 2 SwiGLU).
+// ADD (y += result: the residual epilogue), PRO (0 none, 1 RMSNorm, 2 SwiGLU), UNROLL (words per load batch).
 
 struct Params {
     k: u32,          // logical K (activation length)
@@ -66,17 +70,28 @@ fn group_zero(g: u32, c4: u32, n4: u32) -> vec4<f32> {
 //#endif
 }
 
-// Activation of input index `src` for token row `t`, after the prologue.
-fn act(t: u32, src: u32, rinv: f32) -> f32 {
+// Activation of input index `src` for token row `t` before the RMSNorm scale (applied to the result instead).
+fn act(t: u32, src: u32) -> f32 {
     let base = t * p.x_stride;
     var v = x[base + src];
     if ({{PRO}}u == 1u) {
-        v = v * rinv * norm_w[src];
+        v = v * norm_w[src];
     } else if ({{PRO}}u == 2u) {
         let u = x[base + p.k + src];
         v = v / (1.0 + exp(-v)) * u;
     }
     return v;
+}
+
+// Raw activation (for the sum of squares), or 0 for a padding row.
+fn raw_x(t: u32, src: u32) -> f32 {
+    return x[t * p.x_stride + src];
+}
+
+// The PF codes of 4 columns at shift j * BITS, as floats, via 2^23 + q.
+fn codes(q: vec4<u32>, j: u32) -> vec4<f32> {
+    let bits = ((q >> vec4<u32>(j * {{BITS}}u)) & vec4<u32>(MASK)) | vec4<u32>(0x4B000000u);
+    return bitcast<vec4<f32>>(bits) - vec4<f32>(8388608.0);
 }
 
 @compute @workgroup_size({{WG}})
@@ -89,17 +104,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (t >= step.n_tokens) { return; }
     let live = c4 < n4;
     let wpg = p.group_rows / PF;
+    let c4s = min(c4, n4 - 1u); // a valid column for loads of dead lanes (their result is discarded)
 
-    var rinv = 1.0;
-    if ({{PRO}}u == 1u) {
-        var ss = 0.0;
-        for (var i = lid; i < p.k; i += {{WG}}u) {
-            let v = x[t * p.x_stride + i];
-            ss += v * v;
-        }
-        rinv = inverseSqrt(wg_sum(ss, lid) / f32(p.k) + p.eps);
+    // This thread's packed rows of chunk 0, and the prefetch of its first batch.
+    var wc0 = 0u;
+    var wc1 = min({{XCHUNK}}u, p.kp) / PF;
+    var per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
+    var wb = wc0 + ks * per;
+    var we = min(wb + per, wc1);
+    var qs: array<vec4<u32>, {{UNROLL}}>;
+    for (var u = 0u; u < {{UNROLL}}u; u++) {
+        if (wb + u < we) { qs[u] = qweight[(wb + u) * n4 + c4s]; }
     }
 
+    var ss = 0.0;
     var acc = vec4<f32>(0.0);
     for (var c0 = 0u; c0 < p.kp; c0 += {{XCHUNK}}u) {
         for (var i = lid; i < {{XCHUNK}}u; i += {{WG}}u) {
@@ -108,46 +126,64 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             if (k < p.kp) {
 //#if PERM
                 let src = perm[k];
-                if (src != 0xffffffffu) { v = act(t, src, rinv); }
+                if (src != 0xffffffffu) {
+                    v = act(t, src);
+                    if ({{PRO}}u == 1u) { let r = raw_x(t, src); ss += r * r; }
+                }
 //#else
-                v = act(t, k, rinv);
+                v = act(t, k);
+                if ({{PRO}}u == 1u) { let r = raw_x(t, k); ss += r * r; }
 //#endif
             }
             xs[i] = v;
         }
         workgroupBarrier();
-        let wc0 = c0 / PF;
-        let wc1 = min(c0 + {{XCHUNK}}u, p.kp) / PF;
-        let per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
-        let wb = wc0 + ks * per;
-        let we = min(wb + per, wc1);
-        if (live && wb < we) {
+        if (c0 > 0u) {
+            wc0 = c0 / PF;
+            wc1 = min(c0 + {{XCHUNK}}u, p.kp) / PF;
+            per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
+            wb = wc0 + ks * per;
+            we = min(wb + per, wc1);
+        }
+        if (wb < we) {
             var g_cur = wb / wpg;
             var g_end = (g_cur + 1u) * wpg;
             var aq = vec4<f32>(0.0);
             var sx = 0.0;
-            for (var w = wb; w < we; w++) {
-                if (w >= g_end) {
-                    acc += group_scale(g_cur, c4, n4) * (aq - group_zero(g_cur, c4, n4) * sx);
-                    aq = vec4<f32>(0.0);
-                    sx = 0.0;
-                    g_cur = w / wpg;
-                    g_end = (g_cur + 1u) * wpg;
+            for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
+                if (w0 != wb || c0 > 0u) {
+                    for (var u = 0u; u < {{UNROLL}}u; u++) {
+                        if (w0 + u < we) { qs[u] = qweight[(w0 + u) * n4 + c4s]; }
+                    }
                 }
-                let q = qweight[w * n4 + c4];
-                let xb = w * PF - c0;
-                for (var j = 0u; j < PF; j++) {
-                    let xv = xs[xb + j];
-                    let qv = vec4<f32>((q >> vec4<u32>(j * {{BITS}}u)) & vec4<u32>(MASK));
-                    aq += xv * qv;
-                    sx += xv;
+                for (var u = 0u; u < {{UNROLL}}u; u++) {
+                    let w = w0 + u;
+                    if (w < we) {
+                        if (w >= g_end) {
+                            acc += group_scale(g_cur, c4s, n4) * (aq - group_zero(g_cur, c4s, n4) * sx);
+                            aq = vec4<f32>(0.0);
+                            sx = 0.0;
+                            g_cur = w / wpg;
+                            g_end = (g_cur + 1u) * wpg;
+                        }
+                        let xb = w * PF - c0;
+                        for (var j = 0u; j < PF; j++) {
+                            let xv = xs[xb + j];
+                            aq += xv * codes(qs[u], j);
+                            sx += xv;
+                        }
+                    }
                 }
             }
-            acc += group_scale(g_cur, c4, n4) * (aq - group_zero(g_cur, c4, n4) * sx);
+            acc += group_scale(g_cur, c4s, n4) * (aq - group_zero(g_cur, c4s, n4) * sx);
         }
         workgroupBarrier();
     }
-    partial[lid] = acc;
+    var rinv = 1.0;
+    if ({{PRO}}u == 1u) {
+        rinv = inverseSqrt(wg_sum(ss, lid) / f32(p.k) + p.eps);
+    }
+    partial[lid] = acc * rinv;
     workgroupBarrier();
     for (var s = {{KSPLIT}}u / 2u; s > 0u; s >>= 1u) {
         if (ks < s) { partial[lid] += partial[lid + s * {{COLS4}}u]; }

@@ -50,11 +50,6 @@ impl Generation {
     }
 }
 
-enum Next {
-    Logits(Vec<f32>),
-    Token(u32),
-}
-
 impl Session {
     /// Prefills `prompt` (appended to what the session already holds) and generates. `on_token` sees each token
     /// as it is chosen and returns `false` to stop.
@@ -78,17 +73,54 @@ impl Session {
                 stop: StopReason::MaxTokens,
             });
         }
-        let mut next = Next::Logits(self.prefill(prompt)?);
-        let stop = loop {
-            let step = match next {
-                Next::Token(id) => TokenStep {
+        let logits = self.prefill(prompt)?;
+        if gpu_greedy {
+            // The first id comes from the prefill logits; the rest stay on the GPU, pipelined.
+            let first = crate::sampling::argmax(&logits);
+            let mut stop = StopReason::MaxTokens;
+            let mut emit = |id: u32, stop: &mut StopReason| -> bool {
+                let step = TokenStep {
                     id,
                     top: Vec::new(),
-                },
-                Next::Logits(ref logits) => TokenStep {
-                    id: sampler.sample(logits, &history),
-                    top: top_logprobs(logits, opts.top_logprobs),
-                },
+                };
+                let go_on = on_token(&step);
+                steps.push(step);
+                if opts.stop_ids.contains(&id) {
+                    *stop = StopReason::Eos;
+                    false
+                } else if steps.len() >= opts.max_new_tokens {
+                    *stop = StopReason::MaxTokens;
+                    false
+                } else if !go_on {
+                    *stop = StopReason::Stopped;
+                    false
+                } else {
+                    true
+                }
+            };
+            if emit(first, &mut stop) {
+                if self.position() >= self.max_positions() {
+                    stop = StopReason::ContextEnd;
+                } else {
+                    let remaining = opts.max_new_tokens - 1;
+                    let produced =
+                        self.decode_greedy_stream(first, remaining, |id| Ok(emit(id, &mut stop)))?;
+                    if produced < remaining && stop == StopReason::MaxTokens {
+                        stop = StopReason::ContextEnd;
+                    }
+                }
+            }
+            return Ok(Generation {
+                prompt_ids: prompt.to_vec(),
+                steps,
+                stop,
+            });
+        }
+        let mut logits = logits;
+        let stop = loop {
+            let step = TokenStep {
+                id: sampler.sample(&logits, &history),
+                top: top_logprobs(&logits, opts.top_logprobs),
             };
             let id = step.id;
             history.push(id);
@@ -106,11 +138,7 @@ impl Session {
             if self.position() >= self.max_positions() {
                 break StopReason::ContextEnd;
             }
-            next = if gpu_greedy {
-                Next::Token(self.decode_greedy(id)?)
-            } else {
-                Next::Logits(self.decode(id)?)
-            };
+            logits = self.decode(id)?;
         };
         Ok(Generation {
             prompt_ids: prompt.to_vec(),

@@ -130,12 +130,17 @@ impl Model {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let id_staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("token readback"),
-            size: 16,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // One readback buffer per decode step in flight (see `decode_greedy_stream`).
+        let id_staging = (0..DECODE_DEPTH)
+            .map(|_| {
+                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("token readback"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
         Ok(Session {
             gpu: self.gpu.clone(),
             plan,
@@ -144,9 +149,13 @@ impl Model {
             staging,
             id_staging,
             last_encode: Duration::ZERO,
+            encode_total: Duration::ZERO,
         })
     }
 }
+
+/// Greedy decode steps kept in flight: the host records step n + 1 while the GPU runs step n.
+const DECODE_DEPTH: usize = 2;
 
 /// What a step reads back.
 enum Readback {
@@ -163,9 +172,11 @@ pub struct Session {
     vocab: usize,
     pos: usize,
     staging: wgpu::Buffer,
-    id_staging: wgpu::Buffer,
+    id_staging: Vec<wgpu::Buffer>,
     /// Host time of the last step spent writing its inputs, recording and submitting (not waiting).
     last_encode: Duration,
+    /// Sum of `last_encode` over the session's life.
+    encode_total: Duration,
 }
 
 impl Session {
@@ -199,6 +210,11 @@ impl Session {
         self.last_encode
     }
 
+    /// Host time spent writing inputs, recording and submitting, summed over all steps so far.
+    pub fn total_encode_time(&self) -> Duration {
+        self.encode_total
+    }
+
     /// Moves the position back to `pos` (≤ the current one) without touching the cache, so the benchmark can
     /// replay decode steps at one context length. Cache slots written after `pos` hold stale keys; with a
     /// rolling window some of those may alias slots still inside the window, which changes values, not timing.
@@ -223,13 +239,15 @@ impl Session {
         Ok(())
     }
 
-    fn run_step(
+    /// Writes the step's inputs, records its dispatch list (plus an optional copy for readback) in one compute
+    /// pass and submits it; advances the position. Does not wait.
+    fn submit_step(
         &mut self,
         prefill: bool,
         tokens: Option<&[u32]>,
         n: usize,
-        readback: Readback,
-    ) -> Result<Vec<u8>> {
+        copy: Option<(&wgpu::Buffer, &wgpu::Buffer, u64)>,
+    ) -> Result<wgpu::SubmissionIndex> {
         let step = StepParams {
             n_tokens: n as u32,
             pos0: self.pos as u32,
@@ -240,6 +258,7 @@ impl Session {
             },
             _pad: 0,
         };
+        let t0 = Instant::now();
         let q = &self.gpu.queue;
         q.write_buffer(&self.plan.bufs.step, 0, bytemuck::bytes_of(&step));
         if let Some(t) = tokens {
@@ -250,17 +269,8 @@ impl Session {
         } else {
             &self.plan.decode
         };
-        let (src, dst, size) = match readback {
-            Readback::Logits(rows) => (
-                &self.plan.bufs.logits,
-                &self.staging,
-                (rows * self.vocab * 4) as u64,
-            ),
-            Readback::Token => (&self.plan.bufs.out_ids, &self.id_staging, 4),
-        };
-        let gpu = self.gpu.clone();
-        let t0 = Instant::now();
-        gpu.scoped("step", || {
+        let gpu = &self.gpu;
+        let index = gpu.scoped("step", || {
             let mut enc = gpu
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -275,12 +285,88 @@ impl Session {
                     d.record(&mut pass);
                 }
             }
-            enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
-            gpu.queue.submit([enc.finish()]);
+            if let Some((src, dst, size)) = copy {
+                enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
+            }
+            gpu.queue.submit([enc.finish()])
         })?;
         self.last_encode = t0.elapsed();
+        self.encode_total += self.last_encode;
         self.pos += n;
-        gpu.map_and_read(dst, size)
+        Ok(index)
+    }
+
+    fn run_step(
+        &mut self,
+        prefill: bool,
+        tokens: Option<&[u32]>,
+        n: usize,
+        readback: Readback,
+    ) -> Result<Vec<u8>> {
+        let (src, dst, size) = match readback {
+            Readback::Logits(rows) => (
+                self.plan.bufs.logits.clone(),
+                self.staging.clone(),
+                (rows * self.vocab * 4) as u64,
+            ),
+            Readback::Token => (
+                self.plan.bufs.out_ids.clone(),
+                self.id_staging[0].clone(),
+                4,
+            ),
+        };
+        self.submit_step(prefill, tokens, n, Some((&src, &dst, size)))?;
+        self.gpu.map_and_read(&dst, size)
+    }
+
+    /// Greedy decoding on the GPU, pipelined: each step reads its input token from the previous step's GPU argmax,
+    /// so step n + 1 is recorded and submitted while step n runs, and the ids come back asynchronously.
+    /// `first` is the input of the first step; `on_id` sees each generated id and returns `false` to stop.
+    /// Returns the number of ids produced. Steps submitted ahead of a stop are discarded (the position is moved
+    /// back; the cache slots they wrote lie beyond it and are overwritten later).
+    pub fn decode_greedy_stream(
+        &mut self,
+        first: u32,
+        max_steps: usize,
+        mut on_id: impl FnMut(u32) -> Result<bool>,
+    ) -> Result<usize> {
+        self.check_tokens(&[first])?;
+        let depth = self.id_staging.len();
+        let mut inflight: std::collections::VecDeque<(usize, wgpu::SubmissionIndex)> =
+            std::collections::VecDeque::new();
+        let (mut submitted, mut produced) = (0usize, 0usize);
+        let src = self.plan.bufs.out_ids.clone();
+        loop {
+            while inflight.len() < depth
+                && submitted < max_steps
+                && self.pos < self.plan.shape.max_positions
+            {
+                let slot = submitted % depth;
+                let dst = self.id_staging[slot].clone();
+                let tokens = [first];
+                let input = (submitted == 0).then_some(&tokens[..]);
+                let index = self.submit_step(false, input, 1, Some((&src, &dst, 4)))?;
+                inflight.push_back((slot, index));
+                submitted += 1;
+            }
+            let Some((slot, _index)) = inflight.pop_front() else {
+                break;
+            };
+            let bytes = self.gpu.map_and_read(&self.id_staging[slot], 4)?;
+            let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            if id as usize >= self.vocab {
+                return Err(Error::Gpu {
+                    op: "argmax".into(),
+                    reason: "no finite logit (NaN or -inf everywhere)".into(),
+                });
+            }
+            produced += 1;
+            if !on_id(id)? {
+                break;
+            }
+        }
+        self.pos -= inflight.len();
+        Ok(produced)
     }
 
     /// Runs the prompt through the model in chunks and returns the logits of its last token.
@@ -319,8 +405,8 @@ impl Session {
                 1
             };
             if !all && !last {
-                // Intermediate chunks only fill the cache; still read one row to keep the step uniform.
-                self.run_step(true, Some(part), part.len(), Readback::Token)?;
+                // Intermediate chunks only fill the cache: submit without waiting.
+                self.submit_step(true, Some(part), part.len(), None)?;
                 continue;
             }
             let bytes = self.run_step(true, Some(part), part.len(), Readback::Logits(rows))?;

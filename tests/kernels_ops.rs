@@ -425,6 +425,14 @@ fn attention_plain_causal_gqa_head_dim_128() {
 }
 
 #[test]
+fn attention_split_over_many_keys_merges_partials() {
+    // 700+ keys: three runs of 256 keys merged by the combine op, plain causal and with a window of 300.
+    let steps = [100, 100, 100, 100, 100, 100, 100, 1, 1, 1];
+    attention_sequence(4, 1, 32, 0, 100, &steps, 9, 3);
+    attention_sequence(4, 2, 32, 300, 100, &steps, 10, 2);
+}
+
+#[test]
 fn attention_odd_head_dim_and_mha() {
     attention_sequence(3, 3, 20, 7, 6, &[6, 6, 5, 1, 1, 1, 1], 8, 2);
 }

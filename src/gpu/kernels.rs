@@ -34,7 +34,8 @@ struct AttnParams {
     slots: u32,
     window: u32,
     scale: f32,
-    _pad: [u32; 2],
+    splits: u32,
+    _pad: u32,
 }
 
 const EW_WG: u32 = 64;
@@ -162,10 +163,13 @@ pub fn rope_kv(
 /// Attention workgroup size (keys per block).
 pub const ATTN_WG: u32 = 64;
 
-/// Key splits for decode attention (flash-decoding) over a cache of `slots` keys: enough workgroups to fill a
-/// large GPU at long context, 1 where the cache is short.
+/// Keys per split of decode attention (`SPLIT_KEYS` in attention.wgsl).
+pub const ATTN_SPLIT_KEYS: u32 = 256;
+
+/// Splits allocated for decode attention (flash-decoding) over a cache of `slots` keys: one per 256 keys, so a
+/// long context fills a large GPU; a step only runs the splits its keys need.
 pub fn attention_splits(slots: u32) -> u32 {
-    (slots / 256).clamp(1, 32)
+    slots.div_ceil(ATTN_SPLIT_KEYS).max(1)
 }
 
 /// q [cap, H d], caches → out [cap, H d]. With `splits > 1` the keys are split over workgroups writing
@@ -191,7 +195,7 @@ pub fn attention(
         pipes.key(
             Kernel::Attention,
             ATTN_WG,
-            &[("DPT", dpt), ("SPLITS", splits)],
+            &[("DPT", dpt), ("SPLIT", (splits > 1) as u32)],
         ),
         &AttnParams {
             n_heads: s.n_heads,
@@ -200,7 +204,8 @@ pub fn attention(
             slots: s.slots,
             window: s.window,
             scale: 1.0 / (s.head_dim as f32).sqrt(),
-            _pad: [0; 2],
+            splits,
+            _pad: 0,
         },
         step,
         &[q, k_cache, v_cache, target],
@@ -214,7 +219,7 @@ pub fn attention(
                 a: s.n_heads,
                 b: s.head_dim,
                 c: splits,
-                d: 0,
+                d: s.window,
             },
             step,
             &[partial, out],
@@ -315,15 +320,13 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
     ];
-    let mut splits: Vec<u32> = (0..=40).map(|i| attention_splits(i * 256)).collect();
-    splits.dedup();
     for dpt in 1..=256u32.div_ceil(ATTN_WG) {
-        for &sp in &splits {
+        for split in [0, 1] {
             v.push(make_key(
                 Kernel::Attention,
                 ATTN_WG,
                 sg,
-                &[("DPT", dpt), ("SPLITS", sp)],
+                &[("DPT", dpt), ("SPLIT", split)],
             ));
         }
     }

@@ -199,6 +199,8 @@ impl Prologue<'_> {
 /// GEMV workgroup shapes the planner may choose, as (column quads, K slices); each is validated by naga in the
 /// tests. The first is the portable default; `WGPTQ_GEMV=COLS4xKSPLIT` picks another (benchmarking).
 pub const GEMV_TUNES: [(u32, u32); 5] = [(16, 16), (8, 32), (8, 64), (8, 128), (4, 128)];
+/// Packed weight words a GEMV thread loads per batch (kept in registers).
+pub const GEMV_UNROLL: u32 = 4;
 /// Activation rows a GEMV workgroup stages at once.
 pub const GEMV_XCHUNKS: [u32; 2] = [2048, 4096];
 pub const GEMM_TM: u32 = 16;
@@ -277,21 +279,38 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
             make_key(Kernel::GptqGemm, GEMM_TM * GEMM_COLS4, sg, &d)
         }
         Some((c, k, x)) => {
-            d.extend([("COLS4", c), ("KSPLIT", k), ("XCHUNK", x), ("PRO", v.pro)]);
+            d.extend([
+                ("COLS4", c),
+                ("KSPLIT", k),
+                ("XCHUNK", x),
+                ("PRO", v.pro),
+                ("UNROLL", GEMV_UNROLL),
+            ]);
             make_key(Kernel::GptqGemv, c * k, sg, &d)
         }
     }
 }
 
+/// The f16 matmul shape (rows per workgroup, lanes per row): GPUs split each row over 64 lanes and reduce; CPU
+/// adapters (lavapipe), where workgroup barriers are expensive, give each thread a whole row.
+pub fn f16_shape(is_cpu: bool) -> (u32, u32) {
+    if is_cpu {
+        (64, 1)
+    } else {
+        (F16_ROWS, F16_LANES)
+    }
+}
+
 /// The f16 matmul variant.
-pub fn f16_key(last_only: bool, add: bool, sg: Option<u32>) -> KernelKey {
+pub fn f16_key(last_only: bool, add: bool, is_cpu: bool, sg: Option<u32>) -> KernelKey {
+    let (rows, lanes) = f16_shape(is_cpu);
     make_key(
         Kernel::LinearF16,
-        F16_ROWS * F16_LANES,
+        rows * lanes,
         sg,
         &[
-            ("ROWS", F16_ROWS),
-            ("LANES", F16_LANES),
+            ("ROWS", rows),
+            ("LANES", lanes),
             ("LAST_ONLY", last_only as u32),
             ("ADD", add as u32),
         ],
@@ -328,8 +347,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
             }
         }
     }
-    for flags in 0..4u32 {
-        v.push(f16_key(flags & 1 != 0, flags & 2 != 0, sg));
+    for flags in 0..8u32 {
+        v.push(f16_key(flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, sg));
     }
     v
 }
@@ -415,7 +434,14 @@ pub fn linear_dispatches(
                     reason: "the f16 matmul has no fused prologue; plan a separate op".into(),
                 });
             }
-            let key = f16_key(mode.last_only, mode.add, pipes.gpu.caps.subgroup_size);
+            let is_cpu = pipes.gpu.caps.is_cpu;
+            let (rows_per_wg, _) = f16_shape(is_cpu);
+            let key = f16_key(
+                mode.last_only,
+                mode.add,
+                is_cpu,
+                pipes.gpu.caps.subgroup_size,
+            );
             f.chunks
                 .iter()
                 .map(|(buf, r0, rows)| {
@@ -430,7 +456,7 @@ pub fn linear_dispatches(
                         &params,
                         step,
                         &[x, buf, y],
-                        [(*rows as u32).div_ceil(F16_ROWS), 1, 1],
+                        [(*rows as u32).div_ceil(rows_per_wg), 1, 1],
                         (*rows * f.k * 2) as u64,
                     )
                 })
