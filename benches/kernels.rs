@@ -142,17 +142,14 @@ fn bench_gemv(c: &mut Criterion, gpu: &Gpu, pipes: &Pipelines, div: usize) {
             let x = gpu
                 .storage_init("x", bytemuck::cast_slice(&random_f32(&mut rng, k)))
                 .expect("x");
-            let y = gpu.storage("y", (n * 4) as u64).expect("y");
-            let mode = LinearMode {
-                capacity: 1,
-                gemm: false,
-                add: false,
-                last_only: false,
-                y_col0: 0,
-                y_stride: n as u32,
-                // The device default (WGPTQ_GEMV=COLS4xKSPLIT overrides it).
-                tune: None,
-            };
+            // The device default shape (WGPTQ_GEMV=COLS4xKSPLIT overrides it) and split-K, as the planner picks.
+            let mut mode = LinearMode::new(1, false, n as u32);
+            if let GpuLinear::Gptq(g) = &lin {
+                mode.splits = linear::gemv_splits(&gpu.caps, g.kp, g.n);
+            }
+            let y = gpu
+                .storage("y", (mode.splits as usize * n * 4) as u64)
+                .expect("y");
             let d =
                 linear::linear_dispatches(pipes, &step, &lin, &x, &y, &dummy, mode, Prologue::None)
                     .expect("GEMV dispatch");

@@ -15,6 +15,10 @@ struct Params {
     y_col0: u32,
     x_stride: u32, // row stride of x
     eps: f32,      // unused here (no fused prologue in the prefill GEMM)
+    splits: u32,   // unused (the GEMM covers all of K)
+    split_rows: u32,
+    cap: u32,
+    x_splits: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -38,8 +42,9 @@ const TN: u32 = 4u * {{COLS4}}u;
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
 // y: [capacity, y_stride] f32
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
-// norm_w: unused by the GEMM (same binding list as gptq_gemv.wgsl)
+// norm_w, row_scale: unused by the GEMM (same binding list as gptq_gemv.wgsl)
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(9) var<storage, read> row_scale: array<f32>;
 
 var<workgroup> xs: array<f32, {{TM}} * {{KT}}>;   // [TM, KT]
 var<workgroup> ws: array<vec4<f32>, {{KT}} * {{COLS4}}>; // [KT, COLS4] dequantized weights

@@ -1,33 +1,39 @@
 // GPTQ dequant-matmul for few tokens (decode): y[t, n] (+)= sum_k a[t, perm[k]] * scale[g(k), n] * (q[k, n] - zero[g(k), n]),
-// where a is the activation after an optional fused prologue: RMSNorm (a = x * rsqrt(mean(x^2) + eps) * w) or
-// SwiGLU (a = silu(gate) * up, x holding gate|up).
+// where a is the activation after an optional fused prologue: RMSNorm (a = x * w * row_scale[t], row_scale = 1 / rms
+// computed by whoever wrote x) or SwiGLU (a = silu(gate) * up, x holding gate|up, possibly as split-K partial slabs).
 //
-// Weights are in the prepared layout (src/prep.rs): K rows sorted by group (act-order resolved at load), so
-// group g owns rows [g * group_rows, (g + 1) * group_rows); padding rows have perm = 0xffffffff and read a = 0.
-// The workgroup stages the (gathered, transformed) activations in workgroup memory XCHUNK rows at a time, so the
-// permutation and the prologue cost one pass per workgroup, not one per thread. RMSNorm's 1 / rms is a scalar per
-// row, so the staging pass stores x * w and sums x^2 on the way (every input index is staged exactly once), and
-// the result is scaled at the end: no separate pass over x. Weight words are loaded UNROLL at a time into
-// registers (the first batch before the staging pass) so their latency overlaps; codes become floats with the
-// exponent trick (0x4B000000 | q is 2^23 + q) instead of integer-to-float conversions. A thread owns 4 adjacent output
-// columns (one 16-byte load per packed row) and a contiguous slice of each chunk's packed rows; the K slices of a
-// workgroup are summed in workgroup memory. Group scale and zero are applied once per group and slice:
-// s * (sum(a q) - z * sum(a)).
+// Weights are in the prepared layout (src/prep.rs): K rows sorted by group (act-order resolved at load), so group g
+// owns rows [g * group_rows, (g + 1) * group_rows); padding rows have perm = 0xffffffff and read a = 0.
 //
-// Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (K slices per workgroup), WG = COLS4 * KSPLIT,
+// Split-K: the grid is (column blocks, splits, tokens). Workgroup (b, s, t) owns 4 * COLS4 columns and the prepared
+// rows [s * split_rows, (s + 1) * split_rows); with splits > 1 it writes its partial sums to slab s of y
+// ([splits, capacity, y_stride]) and the consumer adds the slabs up (rope, the SwiGLU prologue, or reduce_add).
+// This gives a decode GEMV enough workgroups to fill a large GPU while each stages only its own rows of the
+// (gathered, transformed) activations in workgroup memory. Inside a workgroup a thread owns 4 adjacent columns (one
+// 16-byte load per packed row) and a contiguous run of the packed rows; runs are summed in workgroup memory.
+// Weight words are loaded UNROLL at a time into registers (the first batch before the staging pass) so their
+// latency overlaps; codes become floats with the exponent trick (0x4B000000 | q is 2^23 + q). Group scale and
+// zero are applied once per group and run: s * (sum(a q) - z * sum(a)).
+//
+// Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (row runs per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
-// ADD (y += result: the residual epilogue), PRO (0 none, 1 RMSNorm, 2 SwiGLU), UNROLL (words per load batch).
+// ADD (y += result: the residual epilogue; only with splits = 1), PRO (0 none, 1 RMSNorm, 2 SwiGLU),
+// UNROLL (words per load batch).
 
 struct Params {
-    k: u32,          // logical K (activation length)
-    n: u32,          // output columns N (multiple of 4)
-    kp: u32,         // prepared K (rows of the packed weight, multiple of 32 / BITS)
-    group_rows: u32, // prepared rows per group
-    zero_const: f32, // zero point when ZERO_BUF = 0 (symmetric checkpoints)
-    y_stride: u32,   // row stride of y
-    y_col0: u32,     // first column of y written (projections sharing one output buffer)
-    x_stride: u32,   // row stride of x (K, or 2 K for the SwiGLU prologue)
-    eps: f32,        // RMSNorm epsilon (PRO = 1)
+    k: u32,           // logical K (activation length)
+    n: u32,           // output columns N (multiple of 4)
+    kp: u32,          // prepared K (rows of the packed weight, multiple of 32 / BITS)
+    group_rows: u32,  // prepared rows per group
+    zero_const: f32,  // zero point when ZERO_BUF = 0 (symmetric checkpoints)
+    y_stride: u32,    // row stride of y
+    y_col0: u32,      // first column of y written (projections sharing one output buffer)
+    x_stride: u32,    // row stride of x (K, or 2 K for the SwiGLU prologue)
+    eps: f32,         // unused (the norm scale comes from row_scale)
+    splits: u32,      // split-K slabs written (1: y directly)
+    split_rows: u32,  // prepared rows per split (multiple of 32 / BITS)
+    cap: u32,         // capacity rows per slab of y and x
+    x_splits: u32,    // partial slabs x is made of (SwiGLU prologue over split-K gate|up); 1 otherwise
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -38,7 +44,7 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
-// x: [capacity, x_stride] f32, activations in the model's (unpermuted) order
+// x: [x_splits, capacity, x_stride] f32, activations in the model's (unpermuted) order
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 // perm: [kp] u32, prepared row -> original input index (0xffffffff for padding); unused when PERM = 0
 @group(0) @binding(3) var<storage, read> perm: array<u32>;
@@ -48,10 +54,12 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(5) var<storage, read> scales: array<vec2<u32>>;
 // zeros: [groups, N / 4] vec2<u32>, 4 f16 zero points (v1 +1 already applied); unused when ZERO_BUF = 0
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
-// y: [capacity, y_stride] f32
+// y: [splits, capacity, y_stride] f32 (one slab when splits = 1)
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 // norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
+// row_scale: [capacity] f32, 1 / rms of each row of x (PRO = 1)
+@group(0) @binding(9) var<storage, read> row_scale: array<f32>;
 
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
 var<workgroup> xs: array<f32, {{XCHUNK}}>;
@@ -70,21 +78,23 @@ fn group_zero(g: u32, c4: u32, n4: u32) -> vec4<f32> {
 //#endif
 }
 
-// Activation of input index `src` for token row `t` before the RMSNorm scale (applied to the result instead).
-fn act(t: u32, src: u32) -> f32 {
-    let base = t * p.x_stride;
-    var v = x[base + src];
-    if ({{PRO}}u == 1u) {
-        v = v * norm_w[src];
-    } else if ({{PRO}}u == 2u) {
-        let u = x[base + p.k + src];
-        v = v / (1.0 + exp(-v)) * u;
+// x[t, i] summed over its partial slabs.
+fn x_at(t: u32, i: u32) -> f32 {
+    var v = x[t * p.x_stride + i];
+    for (var s = 1u; s < p.x_splits; s++) {
+        v += x[(s * p.cap + t) * p.x_stride + i];
     }
     return v;
 }
 
-// Raw activation (for the sum of squares), or 0 for a padding row.
-fn raw_x(t: u32, src: u32) -> f32 {
+// Activation of input index `src` for token row `t`, after the prologue.
+fn act(t: u32, src: u32, rs: f32) -> f32 {
+    if ({{PRO}}u == 1u) {
+        return x[t * p.x_stride + src] * norm_w[src] * rs;
+    } else if ({{PRO}}u == 2u) {
+        let g = x_at(t, src);
+        return g / (1.0 + exp(-g)) * x_at(t, p.k + src);
+    }
     return x[t * p.x_stride + src];
 }
 
@@ -100,15 +110,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let ks = lid / {{COLS4}}u;
     let n4 = p.n / 4u;
     let c4 = wid.x * {{COLS4}}u + c4l;
-    let t = wid.y;
+    let split = wid.y;
+    let t = wid.z;
     if (t >= step.n_tokens) { return; }
     let live = c4 < n4;
     let wpg = p.group_rows / PF;
     let c4s = min(c4, n4 - 1u); // a valid column for loads of dead lanes (their result is discarded)
+    let r0 = split * p.split_rows;
+    let r1 = min(r0 + p.split_rows, p.kp);
+    var rs = 1.0;
+    if ({{PRO}}u == 1u) { rs = row_scale[t]; }
 
-    // This thread's packed rows of chunk 0, and the prefetch of its first batch.
-    var wc0 = 0u;
-    var wc1 = min({{XCHUNK}}u, p.kp) / PF;
+    // This thread's packed rows of the first chunk, and the prefetch of its first batch.
+    var wc0 = r0 / PF;
+    var wc1 = min(r0 + {{XCHUNK}}u, r1) / PF;
     var per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
     var wb = wc0 + ks * per;
     var we = min(wb + per, wc1);
@@ -117,30 +132,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (wb + u < we) { qs[u] = qweight[(wb + u) * n4 + c4s]; }
     }
 
-    var ss = 0.0;
     var acc = vec4<f32>(0.0);
-    for (var c0 = 0u; c0 < p.kp; c0 += {{XCHUNK}}u) {
+    for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
         for (var i = lid; i < {{XCHUNK}}u; i += {{WG}}u) {
             let k = c0 + i;
             var v = 0.0;
-            if (k < p.kp) {
+            if (k < r1) {
 //#if PERM
                 let src = perm[k];
-                if (src != 0xffffffffu) {
-                    v = act(t, src);
-                    if ({{PRO}}u == 1u) { let r = raw_x(t, src); ss += r * r; }
-                }
+                if (src != 0xffffffffu) { v = act(t, src, rs); }
 //#else
-                v = act(t, k);
-                if ({{PRO}}u == 1u) { let r = raw_x(t, k); ss += r * r; }
+                v = act(t, k, rs);
 //#endif
             }
             xs[i] = v;
         }
         workgroupBarrier();
-        if (c0 > 0u) {
+        if (c0 > r0) {
             wc0 = c0 / PF;
-            wc1 = min(c0 + {{XCHUNK}}u, p.kp) / PF;
+            wc1 = min(c0 + {{XCHUNK}}u, r1) / PF;
             per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
             wb = wc0 + ks * per;
             we = min(wb + per, wc1);
@@ -151,7 +161,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var aq = vec4<f32>(0.0);
             var sx = 0.0;
             for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
-                if (w0 != wb || c0 > 0u) {
+                if (w0 != wb || c0 > r0) {
                     for (var u = 0u; u < {{UNROLL}}u; u++) {
                         if (w0 + u < we) { qs[u] = qweight[(w0 + u) * n4 + c4s]; }
                     }
@@ -179,11 +189,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         workgroupBarrier();
     }
-    var rinv = 1.0;
-    if ({{PRO}}u == 1u) {
-        rinv = inverseSqrt(wg_sum(ss, lid) / f32(p.k) + p.eps);
-    }
-    partial[lid] = acc * rinv;
+    partial[lid] = acc;
     workgroupBarrier();
     for (var s = {{KSPLIT}}u / 2u; s > 0u; s >>= 1u) {
         if (ks < s) { partial[lid] += partial[lid + s * {{COLS4}}u]; }
@@ -191,7 +197,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     if (ks == 0u && live) {
         let r = partial[lid];
-        let o = t * p.y_stride + p.y_col0 + 4u * c4;
+        let o = (split * p.cap + t) * p.y_stride + p.y_col0 + 4u * c4;
 //#if ADD
         y[o] += r.x; y[o + 1u] += r.y; y[o + 2u] += r.z; y[o + 3u] += r.w;
 //#else

@@ -7,11 +7,15 @@ struct Params {
     n_kv: u32,       // key/value heads
     head_dim: u32,   // d (multiple of 4)
     slots: u32,      // KV cache slots S
+    qkv_splits: u32, // split-K partial slabs qkv is made of (summed here)
+    cap: u32,        // capacity rows per slab
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
-// qkv: [capacity, (n_heads + 2 n_kv) * d] f32, q heads then k heads then v heads
+// qkv: [qkv_splits, capacity, (n_heads + 2 n_kv) * d] f32, q heads then k heads then v heads
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
 // rope: [max_positions, d / 2] vec2<f32> = (cos, sin) of pos * inv_freq[i], computed on the host as HF does
 @group(0) @binding(3) var<storage, read> rope: array<vec2<f32>>;
@@ -21,6 +25,14 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
 // v_cache: [S, n_kv, d / 2] u32, f16 pairs along d
 @group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
+
+// Element `i` of the step's qkv rows, summed over the split-K slabs.
+fn qkv_at(i: u32) -> f32 {
+    let slab = p.cap * (p.n_heads + 2u * p.n_kv) * p.head_dim;
+    var v = qkv[i];
+    for (var s = 1u; s < p.qkv_splits; s++) { v += qkv[s * slab + i]; }
+    return v;
+}
 
 @compute @workgroup_size({{WG}})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -34,10 +46,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pos = step.pos0 + t;
     let row = t * heads_total * d + h * d;
     let hd2 = d / 2u;
-    let a0 = qkv[row + 2u * j];
-    let a1 = qkv[row + 2u * j + 1u];
-    let b0 = qkv[row + 2u * j + hd2];
-    let b1 = qkv[row + 2u * j + 1u + hd2];
+    let a0 = qkv_at(row + 2u * j);
+    let a1 = qkv_at(row + 2u * j + 1u);
+    let b0 = qkv_at(row + 2u * j + hd2);
+    let b1 = qkv_at(row + 2u * j + 1u + hd2);
     let slot = pos % p.slots;
     if (h >= p.n_heads + p.n_kv) {
         let kvh = h - p.n_heads - p.n_kv;

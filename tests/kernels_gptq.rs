@@ -144,6 +144,9 @@ struct Run {
     /// 0 none, 1 RMSNorm, 2 SwiGLU (GEMV only)
     pro: u32,
     tune: Option<(u32, u32)>,
+    /// GEMV split-K: output partial slabs (summed here) and input slabs (SwiGLU over split gate|up).
+    splits: u32,
+    x_splits: u32,
 }
 
 fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
@@ -153,6 +156,8 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         add,
         pro,
         tune,
+        splits,
+        x_splits,
     } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
@@ -177,44 +182,58 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     }
     let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
     // The raw input: [t, k], or [t, 2k] (gate | up) for the SwiGLU prologue.
+    // The raw input: [x_splits, t, k], or [x_splits, t, 2k] (gate | up) for the SwiGLU prologue; the slabs add up.
     let width = if pro == 2 { 2 * case.k } else { case.k };
-    let raw: Vec<f32> = (0..t * width)
+    let slabs = x_splits as usize;
+    let raw: Vec<f32> = (0..slabs * t * width)
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
     let norm_w: Vec<f32> = (0..case.k).map(|_| rng.random_range(0.5..1.5)).collect();
     let eps = 1e-5f64;
-    // The activation the matmul must see, computed in f64.
+    // The activation the matmul must see, computed in f64, and the 1 / rms per row the norm prologue reads.
     let mut x = vec![0f32; t * case.k];
+    let mut row_scale = vec![0f32; t];
     for tt in 0..t {
-        let row = &raw[tt * width..(tt + 1) * width];
-        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / case.k as f64;
+        let row: Vec<f64> = (0..width)
+            .map(|i| {
+                (0..slabs)
+                    .map(|s| raw[(s * t + tt) * width + i] as f64)
+                    .sum()
+            })
+            .collect();
+        let ms = row.iter().map(|v| v.powi(2)).sum::<f64>() / case.k as f64;
+        row_scale[tt] = (1.0 / (ms + eps).sqrt()) as f32;
         for kk in 0..case.k {
             x[tt * case.k + kk] = match pro {
-                1 => (row[kk] as f64 / (ms + eps).sqrt() * norm_w[kk] as f64) as f32,
+                1 => (row[kk] * row_scale[tt] as f64 * norm_w[kk] as f64) as f32,
                 2 => {
-                    let g = row[kk] as f64;
-                    (g / (1.0 + (-g).exp()) * row[case.k + kk] as f64) as f32
+                    let g = row[kk];
+                    (g / (1.0 + (-g).exp()) * row[case.k + kk]) as f32
                 }
-                _ => row[kk],
+                _ => row[kk] as f32,
             };
         }
     }
     let resid: Vec<f32> = (0..t * case.n)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
+    let out_slabs = splits as usize;
     let init: Vec<f32> = if add {
         resid.clone()
     } else {
-        vec![f32::NAN; t * case.n]
+        vec![f32::NAN; out_slabs * t * case.n]
     };
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&raw)).unwrap();
     let nwb = gpu
         .storage_init("norm_w", bytemuck::cast_slice(&norm_w))
         .unwrap();
+    let rsb = gpu
+        .storage_init("row_scale", bytemuck::cast_slice(&row_scale))
+        .unwrap();
     let prologue = match pro {
         1 => Prologue::RmsNorm {
             weight: &nwb,
-            eps: eps as f32,
+            row_scale: &rsb,
         },
         2 => Prologue::SwiGlu,
         _ => Prologue::None,
@@ -236,12 +255,20 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         y_col0: 0,
         y_stride: case.n as u32,
         tune,
+        splits,
+        x_splits,
     };
     let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue)
         .expect("dispatch");
     ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
-    let got: Vec<f32> =
-        bytemuck::pod_collect_to_vec(&gpu.read(&yb, 0, (t * case.n * 4) as u64).unwrap());
+    let slabs_out: Vec<f32> = bytemuck::pod_collect_to_vec(
+        &gpu.read(&yb, 0, (out_slabs * t * case.n * 4) as u64)
+            .unwrap(),
+    );
+    // Every slab element must be written (NaN poison), and the slabs add up to the result.
+    let got: Vec<f32> = (0..t * case.n)
+        .map(|i| (0..out_slabs).map(|s| slabs_out[s * t * case.n + i]).sum())
+        .collect();
     let mut bad = Vec::new();
     for tt in 0..t {
         for c in 0..case.n {
@@ -316,12 +343,21 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         } else {
             Some(linear::GEMV_TUNES[i % linear::GEMV_TUNES.len()])
         };
+        // GEMV split-K over 1..5 slabs (the residual epilogue only without split), SwiGLU over 1..3 input slabs.
+        let splits = if gemm || i % 4 == 1 {
+            1
+        } else {
+            1 + (i % 5) as u32
+        };
+        let x_splits = if pro == 2 { 1 + 2 * (i % 2) as u32 } else { 1 };
         let run = Run {
             t,
             gemm,
             add: i % 4 == 1,
             pro,
             tune,
+            splits,
+            x_splits,
         };
         run_case(&case, run, &mut rng);
     }

@@ -235,6 +235,8 @@ fn f16_matmul_chunks_and_last_row() {
             y_col0: 0,
             y_stride: n as u32,
             tune: None,
+            splits: 1,
+            x_splits: 1,
         };
         let d =
             linear::linear_dispatches(&pipes, &step, &lin, &xb, &y, &dummy, mode, Prologue::None)
@@ -288,7 +290,7 @@ fn attention_sequence(
     let kc = gpu.storage("k", (slots * n_kv * d * 2) as u64).unwrap();
     let vc = gpu.storage("v", (slots * n_kv * d * 2) as u64).unwrap();
     let q = gpu.storage("q", (chunk * n_heads * d * 4) as u64).unwrap();
-    let qkv_b = gpu.storage("qkv", (chunk * width * 4) as u64).unwrap();
+    let qkv_b = gpu.storage("qkv", (2 * chunk * width * 4) as u64).unwrap();
     let part = gpu
         .storage(
             "part",
@@ -313,8 +315,20 @@ fn attention_sequence(
     let mut pos0 = 0;
     for &t in steps {
         let qkv = rand_vec(&mut rng, t * width);
+        // Every other step hands RoPE its input as two split-K slabs that add up to qkv.
+        let qkv_splits = 1 + (pos0 % 2) as u32;
+        let mut slabs = vec![0f32; 2 * chunk * width];
+        for (i, v) in qkv.iter().enumerate() {
+            if qkv_splits == 2 {
+                let r: f32 = rng.random_range(-1.0..1.0);
+                slabs[i] = v - r;
+                slabs[chunk * width + i] = r;
+            } else {
+                slabs[i] = *v;
+            }
+        }
         gpu.queue
-            .write_buffer(&qkv_b, 0, bytemuck::cast_slice(&qkv));
+            .write_buffer(&qkv_b, 0, bytemuck::cast_slice(&slabs));
         let out = poisoned(&gpu, chunk * n_heads * d);
         let step = step_buf(&gpu, t, pos0, 0);
         let r = kernels::rope_kv(
@@ -327,6 +341,7 @@ fn attention_sequence(
             &vc,
             shape,
             chunk as u32,
+            qkv_splits,
         )
         .unwrap();
         let a = kernels::attention(
@@ -435,4 +450,56 @@ fn attention_split_over_many_keys_merges_partials() {
 #[test]
 fn attention_odd_head_dim_and_mha() {
     attention_sequence(3, 3, 20, 7, 6, &[6, 6, 5, 1, 1, 1, 1], 8, 2);
+}
+
+#[test]
+fn reduce_add_sums_slabs_and_gives_the_norm_scale() {
+    let gpu = common::gpu();
+    let pipes = Pipelines::new(gpu.clone());
+    let mut rng = StdRng::seed_from_u64(12);
+    for &(n, t, splits) in &[(576usize, 2usize, 3u32), (100, 1, 0), (4096, 1, 16)] {
+        let x = rand_vec(&mut rng, t * n);
+        let part = rand_vec(&mut rng, (splits as usize).max(1) * t * n);
+        let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
+        let pb = gpu
+            .storage_init("part", bytemuck::cast_slice(&part))
+            .unwrap();
+        let rs = poisoned(&gpu, t);
+        let step = step_buf(&gpu, t, 0, 0);
+        let eps = 1e-5;
+        let d = kernels::reduce_add(
+            &pipes, &step, &pb, &xb, &rs, n as u32, splits, eps, t as u32,
+        )
+        .unwrap();
+        ops::run(&gpu, &[&d]).unwrap();
+        let mut want_x = x.clone();
+        let mut want_rs = Vec::new();
+        for r in 0..t {
+            for i in 0..n {
+                for s in 0..splits as usize {
+                    want_x[r * n + i] += part[(s * t + r) * n + i];
+                }
+            }
+            let ms: f64 = want_x[r * n..(r + 1) * n]
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                / n as f64;
+            want_rs.push((1.0 / (ms + eps as f64).sqrt()) as f32);
+        }
+        assert_close(
+            &format!("reduce_add x n={n}"),
+            &read_f32(&gpu, &xb, t * n),
+            &want_x,
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("reduce_add row_scale n={n}"),
+            &read_f32(&gpu, &rs, t),
+            &want_rs,
+            1e-6,
+            1e-5,
+        );
+    }
 }

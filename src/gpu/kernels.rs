@@ -19,6 +19,27 @@ struct P4 {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    slots: u32,
+    qkv_splits: u32,
+    cap: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ReduceParams {
+    n: u32,
+    splits: u32,
+    cap: u32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 struct NormParams {
     n: u32,
     eps: f32,
@@ -129,7 +150,8 @@ impl AttnShape {
     }
 }
 
-/// qkv [cap, (H + 2 KV) d] → q [cap, H d] (rotated), k/v caches at slot pos % slots.
+/// qkv [qkv_splits, cap, (H + 2 KV) d] (split-K slabs, summed) → q [cap, H d] (rotated), k/v caches at slot
+/// pos % slots.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv(
     pipes: &Pipelines,
@@ -141,22 +163,55 @@ pub fn rope_kv(
     v_cache: &wgpu::Buffer,
     s: AttnShape,
     capacity: u32,
+    qkv_splits: u32,
 ) -> Result<Dispatch> {
     s.check()?;
     let threads = (s.n_heads + 2 * s.n_kv) * (s.head_dim / 4);
     pipes.dispatch(
         pipes.key(Kernel::Rope, EW_WG, &[]),
-        &P4 {
-            a: s.n_heads,
-            b: s.n_kv,
-            c: s.head_dim,
-            d: s.slots,
+        &RopeParams {
+            n_heads: s.n_heads,
+            n_kv: s.n_kv,
+            head_dim: s.head_dim,
+            slots: s.slots,
+            qkv_splits: qkv_splits.max(1),
+            cap: capacity,
+            _pad: [0; 2],
         },
         step,
         &[qkv, rope_table, q, k_cache, v_cache],
         [threads.div_ceil(EW_WG), capacity, 1],
-        ((s.n_heads + 2 * s.n_kv) * s.head_dim * 4 + (s.n_heads * 4 + s.n_kv * 4) * s.head_dim)
-            as u64,
+        ((s.n_heads + 2 * s.n_kv) * s.head_dim * 4 * qkv_splits.max(1)
+            + (s.n_heads * 4 + s.n_kv * 4) * s.head_dim) as u64,
+    )
+}
+
+/// x [cap, n] += the `splits` slabs of `part` [splits, cap, n]; row_scale [cap] = 1 / rms(x) (RMSNorm factor).
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_add(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    part: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    row_scale: &wgpu::Buffer,
+    n: u32,
+    splits: u32,
+    eps: f32,
+    capacity: u32,
+) -> Result<Dispatch> {
+    let wg = if pipes.gpu.caps.is_cpu { 64 } else { ROW_WG };
+    pipes.dispatch(
+        pipes.key(Kernel::ReduceAdd, wg, &[]),
+        &ReduceParams {
+            n,
+            splits,
+            cap: capacity,
+            eps,
+        },
+        step,
+        &[part, x, row_scale],
+        [capacity, 1, 1],
+        (n * 4 * (splits + 2)) as u64,
     )
 }
 
@@ -318,6 +373,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Rope, EW_WG, sg, &[]),
         make_key(Kernel::SiluMul, EW_WG, sg, &[]),
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
+        make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
+        make_key(Kernel::ReduceAdd, 64, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
     ];
     for dpt in 1..=256u32.div_ceil(ATTN_WG) {

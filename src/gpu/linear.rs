@@ -142,6 +142,10 @@ struct GptqParams {
     y_col0: u32,
     x_stride: u32,
     eps: f32,
+    splits: u32,
+    split_rows: u32,
+    cap: u32,
+    x_splits: u32,
     _pad: [u32; 3],
 }
 
@@ -171,16 +175,38 @@ pub struct LinearMode {
     pub y_stride: u32,
     /// GEMV shape (cols4, ksplit) from [`GEMV_TUNES`]; `None` = the device default (see [`gemv_tune`]).
     pub tune: Option<(u32, u32)>,
+    /// GEMV split-K: the output is `splits` partial slabs [splits, capacity, y_stride] the consumer adds up
+    /// (1 = the plain output). See [`gemv_splits`].
+    pub splits: u32,
+    /// Partial slabs the input is made of (the SwiGLU prologue reading a split-K gate|up); 1 otherwise.
+    pub x_splits: u32,
+}
+
+impl LinearMode {
+    /// A plain mode: no split-K, device-default shape.
+    pub fn new(capacity: u32, gemm: bool, y_stride: u32) -> Self {
+        LinearMode {
+            capacity,
+            gemm,
+            add: false,
+            last_only: false,
+            y_col0: 0,
+            y_stride,
+            tune: None,
+            splits: 1,
+            x_splits: 1,
+        }
+    }
 }
 
 /// A fused prologue of the GPTQ GEMV: the activation the matmul reads is computed while it is staged.
 #[derive(Debug, Clone, Copy)]
 pub enum Prologue<'a> {
     None,
-    /// a = rmsnorm(x) * weight ([K] f32)
+    /// a = x * weight ([K] f32) * row_scale[t] ([capacity] f32, 1 / rms of the row, written with x)
     RmsNorm {
         weight: &'a wgpu::Buffer,
-        eps: f32,
+        row_scale: &'a wgpu::Buffer,
     },
     /// a = silu(x[:, :K]) * x[:, K:]
     SwiGlu,
@@ -198,7 +224,7 @@ impl Prologue<'_> {
 
 /// GEMV workgroup shapes the planner may choose, as (column quads, K slices); each is validated by naga in the
 /// tests. The first is the portable default; `WGPTQ_GEMV=COLS4xKSPLIT` picks another (benchmarking).
-pub const GEMV_TUNES: [(u32, u32); 5] = [(16, 16), (8, 32), (8, 64), (8, 128), (4, 128)];
+pub const GEMV_TUNES: [(u32, u32); 6] = [(16, 16), (32, 8), (8, 32), (64, 4), (8, 64), (16, 32)];
 /// Packed weight words a GEMV thread loads per batch (kept in registers).
 pub const GEMV_UNROLL: u32 = 4;
 /// Activation rows a GEMV workgroup stages at once.
@@ -228,7 +254,7 @@ pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Resul
                 }
             }
         }
-        Err(_) if !caps.is_cpu && caps.max_invocations >= 512 => GEMV_TUNES[2],
+        Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => GEMV_TUNES[1],
         Err(_) => GEMV_TUNES[0],
     };
     // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations must fit.
@@ -251,6 +277,23 @@ pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Resul
         });
     }
     Ok((c, k, xchunk))
+}
+
+/// Split-K factor of a decode GEMV over `kp` prepared rows and `n` columns: enough workgroups (about `target`,
+/// 512 on discrete GPUs, `WGPTQ_SPLITK_TARGET` overrides) to fill the device, at least 256 rows per split, at
+/// most 16 splits; 1 on CPU adapters.
+pub fn gemv_splits(caps: &super::context::Caps, kp: usize, n: usize) -> u32 {
+    if caps.is_cpu {
+        return 1;
+    }
+    let target: usize = std::env::var("WGPTQ_SPLITK_TARGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let (c, _, _) =
+        gemv_tune(caps, None).unwrap_or((GEMV_TUNES[0].0, GEMV_TUNES[0].1, GEMV_XCHUNKS[0]));
+    let blocks = (n / 4).div_ceil(c as usize).max(1);
+    target.div_ceil(blocks).clamp(1, 16).min((kp / 256).max(1)) as u32
 }
 
 /// One GPTQ kernel variant (pure data: the planner's choice and the naga test's enumeration agree).
@@ -377,10 +420,14 @@ pub fn linear_dispatches(
                 Prologue::SwiGlu => 2 * g.k as u32,
                 _ => g.k as u32,
             };
-            let eps = match pro {
-                Prologue::RmsNorm { eps, .. } => eps,
-                _ => 0.0,
-            };
+            if mode.splits == 0 || (mode.gemm && (mode.splits > 1 || mode.x_splits > 1)) {
+                return Err(Error::Gpu {
+                    op: "gptq linear".into(),
+                    reason: format!("split-K {mode:?} is a decode-GEMV feature"),
+                });
+            }
+            let pf = 32 / g.bits as usize;
+            let split_rows = g.kp.div_ceil(mode.splits as usize).next_multiple_of(pf) as u32;
             let params = GptqParams {
                 k: g.k as u32,
                 n: g.n as u32,
@@ -390,7 +437,11 @@ pub fn linear_dispatches(
                 y_stride: mode.y_stride,
                 y_col0: mode.y_col0,
                 x_stride,
-                eps,
+                eps: 0.0,
+                splits: mode.splits,
+                split_rows,
+                cap: mode.capacity,
+                x_splits: mode.x_splits,
                 _pad: [0; 3],
             };
             let gemv = if mode.gemm {
@@ -410,19 +461,19 @@ pub fn linear_dispatches(
             let n4 = (g.n / 4) as u32;
             let groups = match gemv {
                 None => [n4.div_ceil(GEMM_COLS4), mode.capacity.div_ceil(GEMM_TM), 1],
-                Some((c, _, _)) => [n4.div_ceil(c), mode.capacity, 1],
+                Some((c, _, _)) => [n4.div_ceil(c), mode.splits, mode.capacity],
             };
             let perm = g.perm.as_ref().unwrap_or(dummy);
             let zeros = g.zeros.as_ref().unwrap_or(dummy);
-            let norm_w = match pro {
-                Prologue::RmsNorm { weight, .. } => weight,
-                _ => dummy,
+            let (norm_w, row_scale) = match pro {
+                Prologue::RmsNorm { weight, row_scale } => (weight, row_scale),
+                _ => (dummy, dummy),
             };
             Ok(vec![pipes.dispatch(
                 key,
                 &params,
                 step,
-                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w],
+                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w, row_scale],
                 groups,
                 g.bytes,
             )?])

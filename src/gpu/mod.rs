@@ -7,6 +7,7 @@ pub mod linear;
 pub mod ops;
 pub mod plan;
 pub mod shader;
+pub mod steps;
 
 pub use context::{Caps, DeviceOptions, Gpu};
 pub use ops::{Dispatch, Pipelines, StepParams};

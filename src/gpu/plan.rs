@@ -7,9 +7,10 @@ use std::sync::Arc;
 use half::f16;
 
 use super::context::Gpu;
-use super::kernels::{self, AttnShape};
-use super::linear::{self, GpuF16, GpuLinear, LinearMode, Prologue};
+use super::kernels;
+use super::linear::{self, GpuF16, GpuLinear};
 use super::ops::{Dispatch, Pipelines};
+use super::steps;
 use crate::error::{Error, Result};
 use crate::model::{Linear, ModelConfig, ModelFiles};
 use crate::prep::{self, GptqTensors, PreparedGptq};
@@ -247,6 +248,12 @@ pub struct Activations {
     pub attn: wgpu::Buffer,
     /// [1, H, splits, d + 2] f32 decode attention partials (flash-decoding)
     pub attn_part: wgpu::Buffer,
+    /// Decode split-K partial slabs: [S_qkv, 1, (H + 2 KV) d], [S_gu, 1, 2 I], [max(S_o, S_down), 1, hidden] f32
+    pub qkv_part: wgpu::Buffer,
+    pub gu_part: wgpu::Buffer,
+    pub res_part: wgpu::Buffer,
+    /// [capacity] f32, 1 / rms of each row of x (the fused RMSNorm prologue's factor)
+    pub row_scale: wgpu::Buffer,
     /// [capacity, 2 I] f32
     pub gate_up: wgpu::Buffer,
     /// [capacity, I] f32
@@ -305,6 +312,7 @@ impl Plan {
                 gpu.storage(&format!("layers.{i}.v_cache"), kv_bytes)?,
             ));
         }
+        let splits = steps::DecodeSplits::choose(&gpu.caps, w);
         let bufs = Activations {
             step: gpu.uniform_init("step", &[0u8; 16]),
             tokens: gpu.storage("tokens", (cap * 4) as u64)?,
@@ -319,6 +327,13 @@ impl Plan {
                     c.num_heads * kernels::attention_splits(shape.slots as u32) as usize * (hd + 2),
                 ),
             )?,
+            qkv_part: gpu.storage("qkv_part", f32s(splits.qkv as usize * qkv_n))?,
+            gu_part: gpu.storage(
+                "gu_part",
+                f32s(splits.gate_up as usize * 2 * c.intermediate_size),
+            )?,
+            res_part: gpu.storage("res_part", f32s(splits.o.max(splits.down) as usize * h))?,
+            row_scale: gpu.storage("row_scale", f32s(cap))?,
             gate_up: gpu.storage("gate_up", f32s(cap * 2 * c.intermediate_size))?,
             act: gpu.storage("act", f32s(cap * c.intermediate_size))?,
             logits: gpu.storage("logits", f32s(logit_rows * c.vocab_size))?,
@@ -326,8 +341,8 @@ impl Plan {
             kv,
             dummy: gpu.storage("dummy", 16)?,
         };
-        let decode = build(pipes, w, &bufs, shape, 1, false, true)?;
-        let prefill = build(pipes, w, &bufs, shape, cap as u32, true, !shape.all_logits)?;
+        let decode = steps::decode(pipes, w, &bufs, shape, &splits)?;
+        let prefill = steps::prefill(pipes, w, &bufs, shape)?;
         Ok(Plan {
             shape,
             bufs,
@@ -335,209 +350,4 @@ impl Plan {
             prefill,
         })
     }
-}
-
-fn named(v: Vec<Dispatch>, op: &'static str) -> Vec<Dispatch> {
-    v.into_iter().map(|d| d.named(op)).collect()
-}
-
-/// Emits `norm → linears` for projections sharing an input: in decode the norm is fused into each GPTQ GEMV's
-/// prologue (no separate dispatch, no `xn` round trip); otherwise a separate RMSNorm op writes `xn` first.
-#[allow(clippy::too_many_arguments)]
-fn normed_linears(
-    d: &mut Vec<Dispatch>,
-    pipes: &Pipelines,
-    b: &Activations,
-    parts: &[(GpuLinear, u32)],
-    norm: &wgpu::Buffer,
-    eps: f32,
-    out: &wgpu::Buffer,
-    mode: &dyn Fn(bool, u32) -> LinearMode,
-    y_stride: u32,
-    hidden: u32,
-    op: &'static str,
-) -> Result<()> {
-    let m0 = mode(false, 0);
-    let fuse = !m0.gemm && parts.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_)));
-    if !fuse {
-        d.push(
-            kernels::rmsnorm(pipes, &b.step, &b.x, norm, &b.xn, hidden, eps, m0.capacity)?
-                .named("rmsnorm"),
-        );
-    }
-    for (lin, col0) in parts {
-        let (x, pro) = if fuse {
-            (&b.x, Prologue::RmsNorm { weight: norm, eps })
-        } else {
-            (&b.xn, Prologue::None)
-        };
-        let mut m = mode(false, *col0);
-        m.y_stride = y_stride;
-        d.extend(named(
-            linear::linear_dispatches(pipes, &b.step, lin, x, out, &b.dummy, m, pro)?,
-            op,
-        ));
-    }
-    Ok(())
-}
-
-/// The op list of one step shape. Decode (GEMV) fuses RMSNorm and SwiGLU into the GPTQ matmuls: per layer
-/// qkv, rope+kv, attention, o+residual, gate|up, down+residual.
-fn build(
-    pipes: &Pipelines,
-    w: &GpuWeights,
-    b: &Activations,
-    shape: PlanShape,
-    cap: u32,
-    gemm: bool,
-    last_only: bool,
-) -> Result<Vec<Dispatch>> {
-    let c = &w.config;
-    let step = &b.step;
-    let h = c.hidden_size as u32;
-    let eps = c.rms_norm_eps;
-    let qkv_n = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) as u32;
-    let inter = c.intermediate_size as u32;
-    let attn = AttnShape {
-        n_heads: c.num_heads as u32,
-        n_kv: c.num_kv_heads as u32,
-        head_dim: c.head_dim as u32,
-        slots: shape.slots as u32,
-        window: c.sliding_window.unwrap_or(0) as u32,
-    };
-    let mode = |add: bool, y_col0: u32| LinearMode {
-        capacity: cap,
-        gemm,
-        add,
-        last_only: false,
-        y_col0,
-        y_stride: h,
-        tune: None,
-    };
-    let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, cap)?;
-    for (i, l) in w.layers.iter().enumerate() {
-        let (kc, vc) = &b.kv[i];
-        normed_linears(
-            &mut d,
-            pipes,
-            b,
-            &l.qkv,
-            &l.input_norm,
-            eps,
-            &b.qkv,
-            &mode,
-            qkv_n,
-            h,
-            "qkv",
-        )?;
-        d.push(kernels::rope_kv(
-            pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap,
-        )?);
-        let splits = if gemm {
-            1
-        } else {
-            kernels::attention_splits(shape.slots as u32)
-        };
-        d.extend(kernels::attention(
-            pipes,
-            step,
-            &b.q,
-            kc,
-            vc,
-            &b.attn,
-            &b.attn_part,
-            attn,
-            cap,
-            splits,
-        )?);
-        d.extend(named(
-            linear::linear_dispatches(
-                pipes,
-                step,
-                &l.o,
-                &b.attn,
-                &b.x,
-                &b.dummy,
-                mode(true, 0),
-                Prologue::None,
-            )?,
-            "o_proj",
-        ));
-        normed_linears(
-            &mut d,
-            pipes,
-            b,
-            &l.gate_up,
-            &l.post_norm,
-            eps,
-            &b.gate_up,
-            &mode,
-            2 * inter,
-            h,
-            "gate_up",
-        )?;
-        let fuse_swiglu = !gemm && matches!(l.down, GpuLinear::Gptq(_));
-        let (down_x, pro) = if fuse_swiglu {
-            (&b.gate_up, Prologue::SwiGlu)
-        } else {
-            d.push(kernels::silu_mul(
-                pipes, step, &b.gate_up, &b.act, inter, cap,
-            )?);
-            (&b.act, Prologue::None)
-        };
-        d.extend(named(
-            linear::linear_dispatches(
-                pipes,
-                step,
-                &l.down,
-                down_x,
-                &b.x,
-                &b.dummy,
-                mode(true, 0),
-                pro,
-            )?,
-            "down",
-        ));
-    }
-    d.push(
-        kernels::rmsnorm(
-            pipes,
-            step,
-            &b.x,
-            &w.final_norm,
-            &b.xn,
-            h,
-            c.rms_norm_eps,
-            cap,
-        )?
-        .named("final_norm"),
-    );
-    let v = c.vocab_size as u32;
-    d.extend(named(
-        linear::linear_dispatches(
-            pipes,
-            step,
-            &w.lm_head,
-            &b.xn,
-            &b.logits,
-            &b.dummy,
-            LinearMode {
-                capacity: cap,
-                gemm: false,
-                add: false,
-                last_only,
-                y_col0: 0,
-                y_stride: v,
-                tune: None,
-            },
-            Prologue::None,
-        )?,
-        "lm_head",
-    ));
-    if last_only {
-        d.push(kernels::argmax(
-            pipes, step, &b.logits, &b.tokens, &b.out_ids, v, 0,
-        )?);
-    }
-    Ok(d)
 }

@@ -18,12 +18,13 @@ pub enum Kernel {
     Attention,
     AttentionCombine,
     SiluMul,
+    ReduceAdd,
     Argmax,
     Stream,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
@@ -33,6 +34,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::AttentionCombine,
         Kernel::SiluMul,
+        Kernel::ReduceAdd,
         Kernel::Argmax,
         Kernel::Stream,
     ];
@@ -48,6 +50,7 @@ impl Kernel {
             Kernel::Attention => "attention.wgsl",
             Kernel::AttentionCombine => "attention_combine.wgsl",
             Kernel::SiluMul => "silu_mul.wgsl",
+            Kernel::ReduceAdd => "reduce_add.wgsl",
             Kernel::Argmax => "argmax.wgsl",
             Kernel::Stream => "stream.wgsl",
         }
@@ -64,6 +67,7 @@ impl Kernel {
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
             Kernel::AttentionCombine => include_str!("../../shaders/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("../../shaders/silu_mul.wgsl"),
+            Kernel::ReduceAdd => include_str!("../../shaders/reduce_add.wgsl"),
             Kernel::Argmax => include_str!("../../shaders/argmax.wgsl"),
             Kernel::Stream => include_str!("../../shaders/stream.wgsl"),
         }
@@ -76,12 +80,12 @@ impl Kernel {
         match self {
             Kernel::Embed => &[U, U, R, R, W],
             Kernel::RmsNorm => &[U, U, R, R, W],
-            Kernel::GptqGemv | Kernel::GptqGemm => &[U, U, R, R, R, R, R, W, R],
+            Kernel::GptqGemv | Kernel::GptqGemm => &[U, U, R, R, R, R, R, W, R, R],
             Kernel::LinearF16 => &[U, U, R, R, W],
             Kernel::Rope => &[U, U, R, R, W, W, W],
             Kernel::Attention => &[U, U, R, R, R, W],
             Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
-            Kernel::Argmax => &[U, U, R, W, W],
+            Kernel::Argmax | Kernel::ReduceAdd => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
         }
     }

@@ -1,0 +1,453 @@
+//! The op lists of the two step shapes, built once per session by [`super::plan::Plan`].
+//!
+//! Decode (one token) is bandwidth-bound, so its GPTQ matmuls are split-K GEMVs with fused prologues: RMSNorm
+//! (its 1 / rms comes from `row_scale`, written by the op that last changed x) and SwiGLU; their partial slabs are
+//! summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up, `reduce_add` for the residual).
+//! Per layer: qkv, rope+kv, attention (+ combine), o, reduce_add, gate|up, down, reduce_add.
+//! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs with separate RMSNorm and SiLU·mul ops and residual
+//! epilogues.
+
+use super::context::Caps;
+use super::kernels::{self, AttnShape};
+use super::linear::{self, gemv_splits, GpuLinear, LinearMode, Prologue};
+use super::ops::{Dispatch, Pipelines};
+use super::plan::{Activations, GpuWeights, PlanShape};
+use crate::error::Result;
+
+fn named(v: Vec<Dispatch>, op: &'static str) -> Vec<Dispatch> {
+    v.into_iter().map(|d| d.named(op)).collect()
+}
+
+/// Split-K factors of the decode matmuls (the same for every layer: they depend on shapes only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeSplits {
+    pub qkv: u32,
+    pub o: u32,
+    pub gate_up: u32,
+    pub down: u32,
+}
+
+fn group_splits(caps: &Caps, parts: &[(GpuLinear, u32)]) -> u32 {
+    let mut kp = None;
+    let mut n = 0;
+    for (l, _) in parts {
+        match l {
+            GpuLinear::Gptq(g) if kp.is_none_or(|k| k == g.kp) => {
+                kp = Some(g.kp);
+                n += g.n;
+            }
+            _ => return 1,
+        }
+    }
+    kp.map_or(1, |kp| gemv_splits(caps, kp, n))
+}
+
+impl DecodeSplits {
+    pub fn choose(caps: &Caps, w: &GpuWeights) -> DecodeSplits {
+        let mut s = DecodeSplits {
+            qkv: 1,
+            o: 1,
+            gate_up: 1,
+            down: 1,
+        };
+        for l in &w.layers {
+            let one = |lin: &GpuLinear| match lin {
+                GpuLinear::Gptq(g) => gemv_splits(caps, g.kp, g.n),
+                GpuLinear::F16(_) => 1,
+            };
+            s.qkv = s.qkv.max(group_splits(caps, &l.qkv));
+            s.gate_up = s.gate_up.max(group_splits(caps, &l.gate_up));
+            s.o = s.o.max(one(&l.o));
+            s.down = s.down.max(one(&l.down));
+        }
+        s
+    }
+}
+
+fn attn_shape(w: &GpuWeights, shape: PlanShape) -> AttnShape {
+    let c = &w.config;
+    AttnShape {
+        n_heads: c.num_heads as u32,
+        n_kv: c.num_kv_heads as u32,
+        head_dim: c.head_dim as u32,
+        slots: shape.slots as u32,
+        window: c.sliding_window.unwrap_or(0) as u32,
+    }
+}
+
+/// `norm → projections` in decode: fused into each GEMV's prologue when the whole group is GPTQ (writing split-K
+/// slabs into `out`), else a separate RMSNorm into `xn` and plain matmuls into slab 0 of `out`.
+#[allow(clippy::too_many_arguments)]
+fn decode_normed(
+    d: &mut Vec<Dispatch>,
+    pipes: &Pipelines,
+    b: &Activations,
+    parts: &[(GpuLinear, u32)],
+    norm: &wgpu::Buffer,
+    eps: f32,
+    hidden: u32,
+    out: &wgpu::Buffer,
+    out_stride: u32,
+    splits: u32,
+    op: &'static str,
+) -> Result<()> {
+    let fuse = parts.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_)));
+    if !fuse {
+        d.push(
+            kernels::rmsnorm(pipes, &b.step, &b.x, norm, &b.xn, hidden, eps, 1)?.named("rmsnorm"),
+        );
+    }
+    for (lin, col0) in parts {
+        let mut m = LinearMode::new(1, false, out_stride);
+        m.y_col0 = *col0;
+        let (x, pro) = if fuse {
+            m.splits = splits;
+            (
+                &b.x,
+                Prologue::RmsNorm {
+                    weight: norm,
+                    row_scale: &b.row_scale,
+                },
+            )
+        } else {
+            (&b.xn, Prologue::None)
+        };
+        d.extend(named(
+            linear::linear_dispatches(pipes, &b.step, lin, x, out, &b.dummy, m, pro)?,
+            op,
+        ));
+    }
+    Ok(())
+}
+
+/// The decode step (one token; see the module docs).
+pub fn decode(
+    pipes: &Pipelines,
+    w: &GpuWeights,
+    b: &Activations,
+    shape: PlanShape,
+    splits: &DecodeSplits,
+) -> Result<Vec<Dispatch>> {
+    let c = &w.config;
+    let step = &b.step;
+    let h = c.hidden_size as u32;
+    let eps = c.rms_norm_eps;
+    let qkv_n = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) as u32;
+    let inter = c.intermediate_size as u32;
+    let attn = attn_shape(w, shape);
+    let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, 1)?;
+    d.push(
+        kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.row_scale, h, 0, eps, 1)?
+            .named("row_scale"),
+    );
+    for (i, l) in w.layers.iter().enumerate() {
+        let (kc, vc) = &b.kv[i];
+        let s_qkv = if l.qkv.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_))) {
+            splits.qkv
+        } else {
+            1
+        };
+        decode_normed(
+            &mut d,
+            pipes,
+            b,
+            &l.qkv,
+            &l.input_norm,
+            eps,
+            h,
+            &b.qkv_part,
+            qkv_n,
+            s_qkv,
+            "qkv",
+        )?;
+        d.push(kernels::rope_kv(
+            pipes,
+            step,
+            &b.qkv_part,
+            &w.rope,
+            &b.q,
+            kc,
+            vc,
+            attn,
+            1,
+            s_qkv,
+        )?);
+        let attn_splits = kernels::attention_splits(shape.slots as u32);
+        d.extend(kernels::attention(
+            pipes,
+            step,
+            &b.q,
+            kc,
+            vc,
+            &b.attn,
+            &b.attn_part,
+            attn,
+            1,
+            attn_splits,
+        )?);
+        // o: split-K slabs into res_part, added to x by reduce_add (which also gives the post-norm's factor).
+        let s_o = if matches!(l.o, GpuLinear::Gptq(_)) {
+            splits.o
+        } else {
+            1
+        };
+        let mut m = LinearMode::new(1, false, h);
+        m.splits = s_o;
+        d.extend(named(
+            linear::linear_dispatches(
+                pipes,
+                step,
+                &l.o,
+                &b.attn,
+                &b.res_part,
+                &b.dummy,
+                m,
+                Prologue::None,
+            )?,
+            "o_proj",
+        ));
+        d.push(
+            kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.row_scale, h, s_o, eps, 1)?
+                .named("residual"),
+        );
+        // The SwiGLU prologue of a GPTQ down adds up split-K gate|up slabs; any f16 matmul here means no split.
+        let down_gptq = matches!(l.down, GpuLinear::Gptq(_));
+        let s_gu = if down_gptq
+            && l.gate_up
+                .iter()
+                .all(|(l, _)| matches!(l, GpuLinear::Gptq(_)))
+        {
+            splits.gate_up
+        } else {
+            1
+        };
+        decode_normed(
+            &mut d,
+            pipes,
+            b,
+            &l.gate_up,
+            &l.post_norm,
+            eps,
+            h,
+            &b.gu_part,
+            2 * inter,
+            s_gu,
+            "gate_up",
+        )?;
+        // down: the SwiGLU prologue adds up the gate|up slabs; its own slabs go through reduce_add.
+        let s_down = if down_gptq { splits.down } else { 1 };
+        let (down_x, pro, x_splits) = if down_gptq {
+            (&b.gu_part, Prologue::SwiGlu, s_gu)
+        } else {
+            d.push(kernels::silu_mul(
+                pipes, step, &b.gu_part, &b.act, inter, 1,
+            )?);
+            (&b.act, Prologue::None, 1)
+        };
+        let mut m = LinearMode::new(1, false, h);
+        m.splits = s_down;
+        m.x_splits = x_splits;
+        d.extend(named(
+            linear::linear_dispatches(pipes, step, &l.down, down_x, &b.res_part, &b.dummy, m, pro)?,
+            "down",
+        ));
+        d.push(
+            kernels::reduce_add(
+                pipes,
+                step,
+                &b.res_part,
+                &b.x,
+                &b.row_scale,
+                h,
+                s_down,
+                eps,
+                1,
+            )?
+            .named("residual"),
+        );
+    }
+    head(&mut d, pipes, w, b, 1, true)?;
+    Ok(d)
+}
+
+/// Final norm, lm_head (the step's last row, or every row) and, for the last row, the GPU argmax.
+fn head(
+    d: &mut Vec<Dispatch>,
+    pipes: &Pipelines,
+    w: &GpuWeights,
+    b: &Activations,
+    cap: u32,
+    last_only: bool,
+) -> Result<()> {
+    let c = &w.config;
+    let h = c.hidden_size as u32;
+    let v = c.vocab_size as u32;
+    d.push(
+        kernels::rmsnorm(
+            pipes,
+            &b.step,
+            &b.x,
+            &w.final_norm,
+            &b.xn,
+            h,
+            c.rms_norm_eps,
+            cap,
+        )?
+        .named("final_norm"),
+    );
+    let mut m = LinearMode::new(cap, false, v);
+    m.last_only = last_only;
+    d.extend(named(
+        linear::linear_dispatches(
+            pipes,
+            &b.step,
+            &w.lm_head,
+            &b.xn,
+            &b.logits,
+            &b.dummy,
+            m,
+            Prologue::None,
+        )?,
+        "lm_head",
+    ));
+    if last_only {
+        d.push(kernels::argmax(
+            pipes, &b.step, &b.logits, &b.tokens, &b.out_ids, v, 0,
+        )?);
+    }
+    Ok(())
+}
+
+/// The prefill step (a chunk of tokens): GEMMs, separate RMSNorm and SiLU·mul, residual epilogues.
+pub fn prefill(
+    pipes: &Pipelines,
+    w: &GpuWeights,
+    b: &Activations,
+    shape: PlanShape,
+) -> Result<Vec<Dispatch>> {
+    let c = &w.config;
+    let step = &b.step;
+    let cap = shape.chunk.max(1) as u32;
+    let h = c.hidden_size as u32;
+    let eps = c.rms_norm_eps;
+    let qkv_n = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) as u32;
+    let inter = c.intermediate_size as u32;
+    let attn = attn_shape(w, shape);
+    #[allow(clippy::too_many_arguments)]
+    fn linears<'a>(
+        d: &mut Vec<Dispatch>,
+        pipes: &Pipelines,
+        b: &Activations,
+        cap: u32,
+        parts: impl IntoIterator<Item = (&'a GpuLinear, u32)>,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        stride: u32,
+        add: bool,
+        op: &'static str,
+    ) -> Result<()> {
+        for (lin, col0) in parts {
+            let mut m = LinearMode::new(cap, true, stride);
+            m.y_col0 = col0;
+            m.add = add;
+            d.extend(named(
+                linear::linear_dispatches(pipes, &b.step, lin, x, y, &b.dummy, m, Prologue::None)?,
+                op,
+            ));
+        }
+        Ok(())
+    }
+    let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, cap)?;
+    for (i, l) in w.layers.iter().enumerate() {
+        let (kc, vc) = &b.kv[i];
+        d.push(kernels::rmsnorm(
+            pipes,
+            step,
+            &b.x,
+            &l.input_norm,
+            &b.xn,
+            h,
+            eps,
+            cap,
+        )?);
+        linears(
+            &mut d,
+            pipes,
+            b,
+            cap,
+            l.qkv.iter().map(|(l, c)| (l, *c)),
+            &b.xn,
+            &b.qkv,
+            qkv_n,
+            false,
+            "qkv",
+        )?;
+        d.push(kernels::rope_kv(
+            pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap, 1,
+        )?);
+        d.extend(kernels::attention(
+            pipes,
+            step,
+            &b.q,
+            kc,
+            vc,
+            &b.attn,
+            &b.attn_part,
+            attn,
+            cap,
+            1,
+        )?);
+        linears(
+            &mut d,
+            pipes,
+            b,
+            cap,
+            [(&l.o, 0)],
+            &b.attn,
+            &b.x,
+            h,
+            true,
+            "o_proj",
+        )?;
+        d.push(kernels::rmsnorm(
+            pipes,
+            step,
+            &b.x,
+            &l.post_norm,
+            &b.xn,
+            h,
+            eps,
+            cap,
+        )?);
+        let gu = l.gate_up.iter().map(|(l, c)| (l, *c));
+        linears(
+            &mut d,
+            pipes,
+            b,
+            cap,
+            gu,
+            &b.xn,
+            &b.gate_up,
+            2 * inter,
+            false,
+            "gate_up",
+        )?;
+        d.push(kernels::silu_mul(
+            pipes, step, &b.gate_up, &b.act, inter, cap,
+        )?);
+        linears(
+            &mut d,
+            pipes,
+            b,
+            cap,
+            [(&l.down, 0)],
+            &b.act,
+            &b.x,
+            h,
+            true,
+            "down",
+        )?;
+    }
+    head(&mut d, pipes, w, b, cap, !shape.all_logits)?;
+    Ok(d)
+}
