@@ -3,9 +3,10 @@
 # OpenChat-3.5-shaped synthetic checkpoints. Run through ../shared/device's on-device.sh with .gl, .devbin and
 # .devdata (the OpenChat tokenizer) carried. Writes logs and JSON under $OUT; prints a short summary last.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
+FINAL=${OUT:-/tmp/out}
+OUT=/tmp/wgptq-results
 W=.devbin/wgptq
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$FINAL"
 M=/tmp/oc4
 STEPS=${STEPS:-all}
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -14,7 +15,8 @@ log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 $W bench --synthetic openchat-3.5 --bits 4 --group-size 128 --act-order --save $M --tokenizer-from .devdata/openchat \
   --contexts 16,4096 --prompt-lens 512 --decode-tokens 64 --runs 3 --profile --json "$OUT/b4g128.json" \
   > "$OUT/b4g128.txt" 2>&1
-log "4-bit g128 act-order (default tune)"; grep -E "decode|prefill|ceiling|load|encode" "$OUT/b4g128.txt" | head -20 | tee -a "$OUT/summary.txt"
+log "4-bit g128 act-order (default tune)"; grep -E -A3 "^(decode|prefill|ceiling|load) " "$OUT/b4g128.txt" | head -20 | tee -a "$OUT/summary.txt"
+grep -E -A16 "^per-op profile, decode at ctx 16 " "$OUT/b4g128.txt" | cut -c1-90 | tee -a "$OUT/summary.txt"
 if [ "$STEPS" = all ]; then
   $W generate --model $M --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json --top-logprobs 5 \
     > "$OUT/wgptq_gen.json" 2> "$OUT/wgptq_gen.err"
@@ -23,19 +25,22 @@ if [ "$STEPS" = all ]; then
     --compare "$OUT/wgptq_gen.json" > "$OUT/compare.txt" 2>&1
   log "PyTorch comparison"; tail -4 "$OUT/compare.txt" | tee -a "$OUT/summary.txt"
 fi
-# 2. GEMV workgroup shapes at short context.
-for tune in ${TUNES:-16x16 8x32 8x128 4x128}; do
-  WGPTQ_GEMV=$tune $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 > "$OUT/tune_$tune.txt" 2>&1
-  log "tune $tune"; grep -E "^ *16 " "$OUT/tune_$tune.txt" | head -3 | tee -a "$OUT/summary.txt"
+# 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE for a WGPTQ_ tuning variable
+#    (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N).
+for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
+  env "WGPTQ_$v" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 > "$OUT/var_$v.txt" 2>&1
+  log "variant $v"; grep -E "^ *16 " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
 done
-rm -rf $M
-# 3. The other branches at short context.
-if [ "$STEPS" = all ]; then
-  for v in "4 32" "8 128" "8 -1"; do
+if [ "${BRANCHES:-1}" = 1 ]; then
+  IFS=';' read -ra BL <<< "${BRANCH_LIST:-4 32 --act-order;8 128 --act-order;8 -1 --act-order}"
+  for v in "${BL[@]}"; do
     set -- $v
-    $W bench --synthetic openchat-3.5 --bits $1 --group-size $2 --act-order --contexts 16 --prompt-lens 512 \
-      --decode-tokens 64 --runs 3 --json "$OUT/b$1g$2.json" > "$OUT/b$1g$2.txt" 2>&1
-    log "bits $1 group $2"; grep -E "decode|prefill" "$OUT/b$1g$2.txt" | head -8 | tee -a "$OUT/summary.txt"
+    $W bench --synthetic openchat-3.5 --bits $1 --group-size $2 ${3:-} --contexts 16 --prompt-lens 512 \
+      --decode-tokens 64 --runs 3 --json "$OUT/br_$1g$2${3:-}.json" > "$OUT/br_$1g$2${3:-}.txt" 2>&1
+    log "bits $1 group $2 ${3:-}"; grep -E -A1 "^(decode|prefill) " "$OUT/br_$1g$2${3:-}.txt" | head -8 | tee -a "$OUT/summary.txt"
   done
 fi
+rm -rf $M
+# At most 8 files come back: one archive and the summary.
+tar czf "$FINAL/results.tgz" -C "$OUT" . && cp "$OUT/summary.txt" "$FINAL/"
 echo; cat "$OUT/summary.txt"

@@ -7,7 +7,8 @@
 // attention_combine.wgsl merges them. Workgroups past the keys of this step exit at once, so short contexts
 // cost no more than one split.
 //
-// Defines: WG (keys per block, also threads), DPT (head dims per thread = ceil(d / WG)), SPLIT (0 | 1).
+// Defines: WG (keys per block, also threads), HD (head_dim, so the inner loops have constant trip counts and their
+// loads issue together), DPT (head dims per thread = ceil(HD / WG)), SPLIT (0 | 1).
 
 struct Params {
     n_heads: u32,
@@ -69,7 +70,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (j < hi) {
             let kb = ((j % p.slots) * p.n_kv + kvh) * hd2;
             var dot = 0.0;
-            for (var e = 0u; e < hd2; e++) {
+            for (var e = 0u; e < {{HD}}u / 2u; e++) {
                 let kv = unpack2x16float(k_cache[kb + e]);
                 dot += qs[2u * e] * kv.x + qs[2u * e + 1u] * kv.y;
             }

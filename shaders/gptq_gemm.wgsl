@@ -19,7 +19,7 @@ struct Params {
     split_rows: u32,
     cap: u32,
     x_splits: u32,
-    _pad0: u32,
+    ss_blocks: u32,
     _pad1: u32,
     _pad2: u32,
 }

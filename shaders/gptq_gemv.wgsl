@@ -1,6 +1,6 @@
 // GPTQ dequant-matmul for few tokens (decode): y[t, n] (+)= sum_k a[t, perm[k]] * scale[g(k), n] * (q[k, n] - zero[g(k), n]),
-// where a is the activation after an optional fused prologue: RMSNorm (a = x * w * row_scale[t], row_scale = 1 / rms
-// computed by whoever wrote x) or SwiGLU (a = silu(gate) * up, x holding gate|up, possibly as split-K partial slabs).
+// where a is the activation after an optional fused prologue: RMSNorm (a = x * w / rms, the row's sum of squares
+// coming in blocks from whoever wrote x, see reduce_add.wgsl) or SwiGLU (a = silu(gate) * up, x holding gate|up, possibly as split-K partial slabs).
 //
 // Weights are in the prepared layout (src/prep.rs): K rows sorted by group (act-order resolved at load), so group g
 // owns rows [g * group_rows, (g + 1) * group_rows); padding rows have perm = 0xffffffff and read a = 0.
@@ -29,12 +29,12 @@ struct Params {
     y_stride: u32,    // row stride of y
     y_col0: u32,      // first column of y written (projections sharing one output buffer)
     x_stride: u32,    // row stride of x (K, or 2 K for the SwiGLU prologue)
-    eps: f32,         // unused (the norm scale comes from row_scale)
+    eps: f32,         // RMSNorm epsilon (PRO = 1)
     splits: u32,      // split-K slabs written (1: y directly)
     split_rows: u32,  // prepared rows per split (multiple of 32 / BITS)
     cap: u32,         // capacity rows per slab of y and x
     x_splits: u32,    // partial slabs x is made of (SwiGLU prologue over split-K gate|up); 1 otherwise
-    _pad0: u32,
+    ss_blocks: u32,   // PRO = 1: blocks of the row's sum of squares in row_scale
     _pad1: u32,
     _pad2: u32,
 }
@@ -58,7 +58,7 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 // norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
-// row_scale: [capacity] f32, 1 / rms of each row of x (PRO = 1)
+// row_scale: [capacity, ss_blocks] f32, partial sums of x^2 of each row (PRO = 1)
 @group(0) @binding(9) var<storage, read> row_scale: array<f32>;
 
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
@@ -78,11 +78,13 @@ fn group_zero(g: u32, c4: u32, n4: u32) -> vec4<f32> {
 //#endif
 }
 
-// x[t, i] summed over its partial slabs.
+const MAX_SLABS: u32 = 16u;
+
+// x[t, i] summed over its partial slabs (a constant trip count lets the loads issue together).
 fn x_at(t: u32, i: u32) -> f32 {
     var v = x[t * p.x_stride + i];
-    for (var s = 1u; s < p.x_splits; s++) {
-        v += x[(s * p.cap + t) * p.x_stride + i];
+    for (var s = 1u; s < MAX_SLABS; s++) {
+        if (s < p.x_splits) { v += x[(s * p.cap + t) * p.x_stride + i]; }
     }
     return v;
 }
@@ -119,7 +121,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let r0 = split * p.split_rows;
     let r1 = min(r0 + p.split_rows, p.kp);
     var rs = 1.0;
-    if ({{PRO}}u == 1u) { rs = row_scale[t]; }
+    if ({{PRO}}u == 1u) {
+        var ssum = 0.0;
+        for (var b = 0u; b < p.ss_blocks; b++) { ssum += row_scale[t * p.ss_blocks + b]; }
+        rs = inverseSqrt(ssum / f32(p.k) + p.eps);
+    }
 
     // This thread's packed rows of the first chunk, and the prefetch of its first batch.
     var wc0 = r0 / PF;

@@ -1,13 +1,16 @@
-// Residual add of split-K partial slabs: x[t, :] += sum_s part[s, t, :], then row_scale[t] = 1 / rms(x[t, :]), the
-// RMSNorm factor the next GEMV's fused prologue applies (so no workgroup recomputes it). With splits = 0 it only
-// computes row_scale (after the embedding). One workgroup per token.
+// Residual add of split-K partial slabs: x[t, i] += sum_s part[s, t, i], and for each block of WG columns its sum
+// of squares ss[t, block], from which the next GEMV's fused RMSNorm prologue gets 1 / rms (deterministically, no
+// atomics). With splits = 0 it only computes ss (after the embedding). Many workgroups, one column per thread:
+// single-workgroup reductions are latency-bound on large GPUs.
 
 struct Params {
     n: u32,       // row length H
-    splits: u32,  // partial slabs to add
+    splits: u32,  // partial slabs to add (at most MAX_SLABS)
     cap: u32,     // capacity rows per slab
-    eps: f32,     // RMSNorm epsilon
+    blocks: u32,  // column blocks per row = ceil(n / WG): the stride of ss
 }
+
+const MAX_SLABS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -15,22 +18,23 @@ struct Params {
 @group(0) @binding(2) var<storage, read> part: array<f32>;
 // x: [capacity, H] f32, residual stream (updated in place)
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
-// row_scale: [capacity] f32
-@group(0) @binding(4) var<storage, read_write> row_scale: array<f32>;
+// ss: [capacity, blocks] f32, sum of x^2 over each block of WG columns
+@group(0) @binding(4) var<storage, read_write> ss: array<f32>;
 
 @compute @workgroup_size({{WG}})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let t = wid.x;
+    let t = wid.y;
     if (t >= step.n_tokens) { return; }
-    var ss = 0.0;
-    for (var i = lid; i < p.n; i += {{WG}}u) {
-        var v = x[t * p.n + i];
-        for (var s = 0u; s < p.splits; s++) {
-            v += part[(s * p.cap + t) * p.n + i];
+    let i = wid.x * {{WG}}u + lid;
+    var v = 0.0;
+    if (i < p.n) {
+        v = x[t * p.n + i];
+        // A constant trip count lets the compiler issue the slab loads together.
+        for (var s = 0u; s < MAX_SLABS; s++) {
+            if (s < p.splits) { v += part[(s * p.cap + t) * p.n + i]; }
         }
         if (p.splits > 0u) { x[t * p.n + i] = v; }
-        ss += v * v;
     }
-    let total = wg_sum(ss, lid);
-    if (lid == 0u) { row_scale[t] = inverseSqrt(total / f32(p.n) + p.eps); }
+    let total = wg_sum(v * v, lid);
+    if (lid == 0u) { ss[t * p.blocks + wid.x] = total; }
 }

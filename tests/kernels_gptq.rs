@@ -192,6 +192,8 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     let eps = 1e-5f64;
     // The activation the matmul must see, computed in f64, and the 1 / rms per row the norm prologue reads.
     let mut x = vec![0f32; t * case.k];
+    // The row's sum of squares in 3 uneven partial sums, as reduce_add leaves it.
+    let mut ss_blocks = vec![0f32; t * 3];
     let mut row_scale = vec![0f32; t];
     for tt in 0..t {
         let row: Vec<f64> = (0..width)
@@ -201,7 +203,11 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
                     .sum()
             })
             .collect();
-        let ms = row.iter().map(|v| v.powi(2)).sum::<f64>() / case.k as f64;
+        let sq: Vec<f64> = row[..case.k].iter().map(|v| v.powi(2)).collect();
+        for (i, v) in sq.iter().enumerate() {
+            ss_blocks[tt * 3 + (i * 7 / case.k).min(2)] += *v as f32;
+        }
+        let ms = sq.iter().sum::<f64>() / case.k as f64;
         row_scale[tt] = (1.0 / (ms + eps).sqrt()) as f32;
         for kk in 0..case.k {
             x[tt * case.k + kk] = match pro {
@@ -228,12 +234,14 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         .storage_init("norm_w", bytemuck::cast_slice(&norm_w))
         .unwrap();
     let rsb = gpu
-        .storage_init("row_scale", bytemuck::cast_slice(&row_scale))
+        .storage_init("ss", bytemuck::cast_slice(&ss_blocks))
         .unwrap();
     let prologue = match pro {
         1 => Prologue::RmsNorm {
             weight: &nwb,
-            row_scale: &rsb,
+            ss: &rsb,
+            ss_blocks: 3,
+            eps: eps as f32,
         },
         2 => Prologue::SwiGlu,
         _ => Prologue::None,

@@ -35,7 +35,7 @@ struct ReduceParams {
     n: u32,
     splits: u32,
     cap: u32,
-    eps: f32,
+    blocks: u32,
 }
 
 #[repr(C)]
@@ -186,31 +186,43 @@ pub fn rope_kv(
     )
 }
 
-/// x [cap, n] += the `splits` slabs of `part` [splits, cap, n]; row_scale [cap] = 1 / rms(x) (RMSNorm factor).
+/// Column blocks of a row of `n` in reduce_add's sum of squares (the `ss` stride).
+pub fn ss_blocks(n: u32) -> u32 {
+    n.div_ceil(ROW_WG)
+}
+
+/// x [cap, n] += the `splits` slabs of `part` [splits, cap, n] (at most 16); ss [cap, ss_blocks(n)] = sums of x^2
+/// per block of columns, for the next fused RMSNorm.
 #[allow(clippy::too_many_arguments)]
 pub fn reduce_add(
     pipes: &Pipelines,
     step: &wgpu::Buffer,
     part: &wgpu::Buffer,
     x: &wgpu::Buffer,
-    row_scale: &wgpu::Buffer,
+    ss: &wgpu::Buffer,
     n: u32,
     splits: u32,
-    eps: f32,
     capacity: u32,
 ) -> Result<Dispatch> {
-    let wg = if pipes.gpu.caps.is_cpu { 64 } else { ROW_WG };
+    if splits > 16 {
+        return Err(Error::InvalidArgument {
+            name: "reduce_add splits".into(),
+            value: splits.to_string(),
+            reason: "at most 16 partial slabs".into(),
+        });
+    }
+    let blocks = ss_blocks(n);
     pipes.dispatch(
-        pipes.key(Kernel::ReduceAdd, wg, &[]),
+        pipes.key(Kernel::ReduceAdd, ROW_WG, &[]),
         &ReduceParams {
             n,
             splits,
             cap: capacity,
-            eps,
+            blocks,
         },
         step,
-        &[part, x, row_scale],
-        [capacity, 1, 1],
+        &[part, x, ss],
+        [blocks, capacity, 1],
         (n * 4 * (splits + 2)) as u64,
     )
 }
@@ -250,7 +262,11 @@ pub fn attention(
         pipes.key(
             Kernel::Attention,
             ATTN_WG,
-            &[("DPT", dpt), ("SPLIT", (splits > 1) as u32)],
+            &[
+                ("DPT", dpt),
+                ("HD", s.head_dim),
+                ("SPLIT", (splits > 1) as u32),
+            ],
         ),
         &AttnParams {
             n_heads: s.n_heads,
@@ -374,17 +390,14 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::SiluMul, EW_WG, sg, &[]),
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
-        make_key(Kernel::ReduceAdd, 64, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
     ];
-    for dpt in 1..=256u32.div_ceil(ATTN_WG) {
+    // Every head_dim AttnShape::check accepts.
+    for hd in (4..=256u32).step_by(4) {
+        let dpt = hd.div_ceil(ATTN_WG);
         for split in [0, 1] {
-            v.push(make_key(
-                Kernel::Attention,
-                ATTN_WG,
-                sg,
-                &[("DPT", dpt), ("SPLIT", split)],
-            ));
+            let defs = [("DPT", dpt), ("HD", hd), ("SPLIT", split)];
+            v.push(make_key(Kernel::Attention, ATTN_WG, sg, &defs));
         }
     }
     v.push(make_key(Kernel::AttentionCombine, EW_WG, sg, &[]));

@@ -146,7 +146,8 @@ struct GptqParams {
     split_rows: u32,
     cap: u32,
     x_splits: u32,
-    _pad: [u32; 3],
+    ss_blocks: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -203,10 +204,13 @@ impl LinearMode {
 #[derive(Debug, Clone, Copy)]
 pub enum Prologue<'a> {
     None,
-    /// a = x * weight ([K] f32) * row_scale[t] ([capacity] f32, 1 / rms of the row, written with x)
+    /// a = x * weight ([K] f32) / rms(x): the row's sum of squares comes in `ss_blocks` partial sums per row
+    /// (`ss`, [capacity, ss_blocks] f32, written by reduce_add together with x).
     RmsNorm {
         weight: &'a wgpu::Buffer,
-        row_scale: &'a wgpu::Buffer,
+        ss: &'a wgpu::Buffer,
+        ss_blocks: u32,
+        eps: f32,
     },
     /// a = silu(x[:, :K]) * x[:, K:]
     SwiGlu,
@@ -225,8 +229,18 @@ impl Prologue<'_> {
 /// GEMV workgroup shapes the planner may choose, as (column quads, K slices); each is validated by naga in the
 /// tests. The first is the portable default; `WGPTQ_GEMV=COLS4xKSPLIT` picks another (benchmarking).
 pub const GEMV_TUNES: [(u32, u32); 6] = [(16, 16), (32, 8), (8, 32), (64, 4), (8, 64), (16, 32)];
-/// Packed weight words a GEMV thread loads per batch (kept in registers).
+/// Packed weight words a GEMV thread loads per batch (kept in registers): the default and the choices
+/// `WGPTQ_UNROLL` may pick (benchmarking); all validated by naga in the tests.
 pub const GEMV_UNROLL: u32 = 4;
+pub const GEMV_UNROLLS: [u32; 3] = [1, 4, 8];
+
+fn gemv_unroll() -> u32 {
+    std::env::var("WGPTQ_UNROLL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|u| GEMV_UNROLLS.contains(u))
+        .unwrap_or(GEMV_UNROLL)
+}
 /// Activation rows a GEMV workgroup stages at once.
 pub const GEMV_XCHUNKS: [u32; 2] = [2048, 4096];
 pub const GEMM_TM: u32 = 16;
@@ -254,7 +268,8 @@ pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Resul
                 }
             }
         }
-        Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => GEMV_TUNES[1],
+        // (32, 8): measured best on the H100 (167 tok/s against 161 for (16, 32); docs/PERF.md).
+        Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => (32, 8),
         Err(_) => GEMV_TUNES[0],
     };
     // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations must fit.
@@ -280,7 +295,7 @@ pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Resul
 }
 
 /// Split-K factor of a decode GEMV over `kp` prepared rows and `n` columns: enough workgroups (about `target`,
-/// 512 on discrete GPUs, `WGPTQ_SPLITK_TARGET` overrides) to fill the device, at least 256 rows per split, at
+/// 256 on discrete GPUs, `WGPTQ_SPLITK_TARGET` overrides) to fill the device, at least 256 rows per split, at
 /// most 16 splits; 1 on CPU adapters.
 pub fn gemv_splits(caps: &super::context::Caps, kp: usize, n: usize) -> u32 {
     if caps.is_cpu {
@@ -289,10 +304,11 @@ pub fn gemv_splits(caps: &super::context::Caps, kp: usize, n: usize) -> u32 {
     let target: usize = std::env::var("WGPTQ_SPLITK_TARGET")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+        .unwrap_or(256);
     let (c, _, _) =
         gemv_tune(caps, None).unwrap_or((GEMV_TUNES[0].0, GEMV_TUNES[0].1, GEMV_XCHUNKS[0]));
     let blocks = (n / 4).div_ceil(c as usize).max(1);
+    // At most 16: the consumers add slabs in loops of 16 (MAX_SLABS in the shaders).
     target.div_ceil(blocks).clamp(1, 16).min((kp / 256).max(1)) as u32
 }
 
@@ -307,6 +323,8 @@ pub struct GptqVariant {
     pub gemv: Option<(u32, u32, u32)>,
     /// Prologue code (GEMV only): 0 none, 1 RMSNorm, 2 SwiGLU.
     pub pro: u32,
+    /// Words per load batch (GEMV only).
+    pub unroll: u32,
 }
 
 pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
@@ -327,7 +345,7 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
                 ("KSPLIT", k),
                 ("XCHUNK", x),
                 ("PRO", v.pro),
-                ("UNROLL", GEMV_UNROLL),
+                ("UNROLL", v.unroll),
             ]);
             make_key(Kernel::GptqGemv, c * k, sg, &d)
         }
@@ -375,16 +393,20 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
             for add in [false, true] {
                 for &gemv in &shapes {
                     let pros: &[u32] = if gemv.is_some() { &[0, 1, 2] } else { &[0] };
+                    let unrolls: &[u32] = if gemv.is_some() { &GEMV_UNROLLS } else { &[0] };
                     for &pro in pros {
-                        let var = GptqVariant {
-                            bits,
-                            perm: b(0),
-                            zero_buf: b(1),
-                            add,
-                            gemv,
-                            pro,
-                        };
-                        v.push(gptq_key(&var, sg));
+                        for &unroll in unrolls {
+                            let var = GptqVariant {
+                                bits,
+                                perm: b(0),
+                                zero_buf: b(1),
+                                add,
+                                gemv,
+                                pro,
+                                unroll,
+                            };
+                            v.push(gptq_key(&var, sg));
+                        }
                     }
                 }
             }
@@ -437,12 +459,19 @@ pub fn linear_dispatches(
                 y_stride: mode.y_stride,
                 y_col0: mode.y_col0,
                 x_stride,
-                eps: 0.0,
+                eps: match pro {
+                    Prologue::RmsNorm { eps, .. } => eps,
+                    _ => 0.0,
+                },
                 splits: mode.splits,
                 split_rows,
                 cap: mode.capacity,
                 x_splits: mode.x_splits,
-                _pad: [0; 3],
+                ss_blocks: match pro {
+                    Prologue::RmsNorm { ss_blocks, .. } => ss_blocks,
+                    _ => 0,
+                },
+                _pad: [0; 2],
             };
             let gemv = if mode.gemm {
                 None
@@ -456,6 +485,7 @@ pub fn linear_dispatches(
                 add: mode.add,
                 gemv,
                 pro: pro.code(),
+                unroll: gemv_unroll(),
             };
             let key = gptq_key(&var, pipes.gpu.caps.subgroup_size);
             let n4 = (g.n / 4) as u32;
@@ -466,7 +496,7 @@ pub fn linear_dispatches(
             let perm = g.perm.as_ref().unwrap_or(dummy);
             let zeros = g.zeros.as_ref().unwrap_or(dummy);
             let (norm_w, row_scale) = match pro {
-                Prologue::RmsNorm { weight, row_scale } => (weight, row_scale),
+                Prologue::RmsNorm { weight, ss, .. } => (weight, ss),
                 _ => (dummy, dummy),
             };
             Ok(vec![pipes.dispatch(

@@ -38,6 +38,11 @@ pub fn make_key(
     key
 }
 
+/// Whether shader modules keep wgpu's runtime bounds checks (`WGPTQ_BOUNDS_CHECKS=1`; off by default).
+pub fn bounds_checks() -> bool {
+    std::env::var("WGPTQ_BOUNDS_CHECKS").is_ok_and(|v| v == "1")
+}
+
 /// A compiled kernel: its bind group layout and pipeline.
 pub struct Compiled {
     pub layout: wgpu::BindGroupLayout,
@@ -108,10 +113,22 @@ impl Pipelines {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(&label),
                 source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
+            };
+            let module = if bounds_checks() {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: the planner sizes every buffer from the model's validated shapes and every kernel keeps its
+                // indices inside them (each is tested against a CPU reference with poisoned outputs); wgpu's
+                // per-access bounds clamps and loop-bounding counters would cost a large share of the ALU work of
+                // the hot loops. `WGPTQ_BOUNDS_CHECKS=1` turns them back on for debugging.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            };
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&label),
                 layout: Some(&pl),

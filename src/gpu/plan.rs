@@ -252,8 +252,8 @@ pub struct Activations {
     pub qkv_part: wgpu::Buffer,
     pub gu_part: wgpu::Buffer,
     pub res_part: wgpu::Buffer,
-    /// [capacity] f32, 1 / rms of each row of x (the fused RMSNorm prologue's factor)
-    pub row_scale: wgpu::Buffer,
+    /// [capacity, ss_blocks(hidden)] f32: block sums of x^2 (the fused RMSNorm prologue's input)
+    pub ss: wgpu::Buffer,
     /// [capacity, 2 I] f32
     pub gate_up: wgpu::Buffer,
     /// [capacity, I] f32
@@ -333,7 +333,7 @@ impl Plan {
                 f32s(splits.gate_up as usize * 2 * c.intermediate_size),
             )?,
             res_part: gpu.storage("res_part", f32s(splits.o.max(splits.down) as usize * h))?,
-            row_scale: gpu.storage("row_scale", f32s(cap))?,
+            ss: gpu.storage("ss", f32s(cap * kernels::ss_blocks(h as u32) as usize))?,
             gate_up: gpu.storage("gate_up", f32s(cap * 2 * c.intermediate_size))?,
             act: gpu.storage("act", f32s(cap * c.intermediate_size))?,
             logits: gpu.storage("logits", f32s(logit_rows * c.vocab_size))?,

@@ -106,7 +106,9 @@ fn decode_normed(
                 &b.x,
                 Prologue::RmsNorm {
                     weight: norm,
-                    row_scale: &b.row_scale,
+                    ss: &b.ss,
+                    ss_blocks: kernels::ss_blocks(hidden),
+                    eps,
                 },
             )
         } else {
@@ -136,10 +138,7 @@ pub fn decode(
     let inter = c.intermediate_size as u32;
     let attn = attn_shape(w, shape);
     let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, 1)?;
-    d.push(
-        kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.row_scale, h, 0, eps, 1)?
-            .named("row_scale"),
-    );
+    d.push(kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, 0, 1)?.named("row_scale"));
     for (i, l) in w.layers.iter().enumerate() {
         let (kc, vc) = &b.kv[i];
         let s_qkv = if l.qkv.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_))) {
@@ -207,7 +206,7 @@ pub fn decode(
             "o_proj",
         ));
         d.push(
-            kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.row_scale, h, s_o, eps, 1)?
+            kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, s_o, 1)?
                 .named("residual"),
         );
         // The SwiGLU prologue of a GPTQ down adds up split-K gate|up slabs; any f16 matmul here means no split.
@@ -252,18 +251,8 @@ pub fn decode(
             "down",
         ));
         d.push(
-            kernels::reduce_add(
-                pipes,
-                step,
-                &b.res_part,
-                &b.x,
-                &b.row_scale,
-                h,
-                s_down,
-                eps,
-                1,
-            )?
-            .named("residual"),
+            kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, s_down, 1)?
+                .named("residual"),
         );
     }
     head(&mut d, pipes, w, b, 1, true)?;
