@@ -230,19 +230,6 @@ pub fn reduce_add(
 /// Attention workgroup size (keys per block).
 pub const ATTN_WG: u32 = 64;
 
-/// Threads of the split decode attention, and the most query heads per KV head it takes (more: the per-head
-/// kernel).
-pub const ATTN_DECODE_WG: u32 = 128;
-pub const ATTN_MAX_GROUP: u32 = 8;
-
-fn decode_defines(head_dim: u32, group: u32) -> [(&'static str, u32); 3] {
-    [
-        ("G", group),
-        ("HD", head_dim),
-        ("DPT", head_dim.div_ceil(ATTN_DECODE_WG)),
-    ]
-}
-
 /// Keys per split of decode attention (`SPLIT_KEYS` in attention.wgsl).
 pub const ATTN_SPLIT_KEYS: u32 = 256;
 
@@ -271,49 +258,31 @@ pub fn attention(
     let dpt = s.head_dim.div_ceil(ATTN_WG);
     let kv_bytes = (s.slots * s.n_kv * s.head_dim * 4) as u64;
     let target = if splits > 1 { partial } else { out };
-    let params = AttnParams {
-        n_heads: s.n_heads,
-        n_kv: s.n_kv,
-        head_dim: s.head_dim,
-        slots: s.slots,
-        window: s.window,
-        scale: 1.0 / (s.head_dim as f32).sqrt(),
-        splits,
-        _pad: 0,
-    };
-    let group = s.n_heads / s.n_kv;
-    let mut d = if splits > 1 && group <= ATTN_MAX_GROUP {
-        // Split decode: one workgroup per (KV head, key run) reads K/V once for all the query heads sharing it.
-        vec![pipes.dispatch(
-            pipes.key(
-                Kernel::AttentionDecode,
-                ATTN_DECODE_WG,
-                &decode_defines(s.head_dim, group),
-            ),
-            &params,
-            step,
-            &[q, k_cache, v_cache, target],
-            [s.n_kv, splits, capacity],
-            kv_bytes / group as u64,
-        )?]
-    } else {
-        vec![pipes.dispatch(
-            pipes.key(
-                Kernel::Attention,
-                ATTN_WG,
-                &[
-                    ("DPT", dpt),
-                    ("HD", s.head_dim),
-                    ("SPLIT", (splits > 1) as u32),
-                ],
-            ),
-            &params,
-            step,
-            &[q, k_cache, v_cache, target],
-            [s.n_heads, capacity, splits],
-            kv_bytes,
-        )?]
-    };
+    let mut d = vec![pipes.dispatch(
+        pipes.key(
+            Kernel::Attention,
+            ATTN_WG,
+            &[
+                ("DPT", dpt),
+                ("HD", s.head_dim),
+                ("SPLIT", (splits > 1) as u32),
+            ],
+        ),
+        &AttnParams {
+            n_heads: s.n_heads,
+            n_kv: s.n_kv,
+            head_dim: s.head_dim,
+            slots: s.slots,
+            window: s.window,
+            scale: 1.0 / (s.head_dim as f32).sqrt(),
+            splits,
+            _pad: 0,
+        },
+        step,
+        &[q, k_cache, v_cache, target],
+        [s.n_heads, capacity, splits],
+        kv_bytes,
+    )?];
     if splits > 1 {
         d.push(pipes.dispatch(
             pipes.key(Kernel::AttentionCombine, EW_WG, &[]),
@@ -429,16 +398,6 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         for split in [0, 1] {
             let defs = [("DPT", dpt), ("HD", hd), ("SPLIT", split)];
             v.push(make_key(Kernel::Attention, ATTN_WG, sg, &defs));
-        }
-    }
-    for hd in (4..=256u32).step_by(4) {
-        for g in 1..=ATTN_MAX_GROUP {
-            v.push(make_key(
-                Kernel::AttentionDecode,
-                ATTN_DECODE_WG,
-                sg,
-                &decode_defines(hd, g),
-            ));
         }
     }
     v.push(make_key(Kernel::AttentionCombine, EW_WG, sg, &[]));

@@ -16,7 +16,6 @@ pub enum Kernel {
     LinearF16,
     Rope,
     Attention,
-    AttentionDecode,
     AttentionCombine,
     SiluMul,
     ReduceAdd,
@@ -25,7 +24,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
@@ -33,7 +32,6 @@ impl Kernel {
         Kernel::LinearF16,
         Kernel::Rope,
         Kernel::Attention,
-        Kernel::AttentionDecode,
         Kernel::AttentionCombine,
         Kernel::SiluMul,
         Kernel::ReduceAdd,
@@ -50,7 +48,6 @@ impl Kernel {
             Kernel::LinearF16 => "linear_f16.wgsl",
             Kernel::Rope => "rope.wgsl",
             Kernel::Attention => "attention.wgsl",
-            Kernel::AttentionDecode => "attention_decode.wgsl",
             Kernel::AttentionCombine => "attention_combine.wgsl",
             Kernel::SiluMul => "silu_mul.wgsl",
             Kernel::ReduceAdd => "reduce_add.wgsl",
@@ -68,7 +65,6 @@ impl Kernel {
             Kernel::LinearF16 => include_str!("../../shaders/linear_f16.wgsl"),
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
-            Kernel::AttentionDecode => include_str!("../../shaders/attention_decode.wgsl"),
             Kernel::AttentionCombine => include_str!("../../shaders/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("../../shaders/silu_mul.wgsl"),
             Kernel::ReduceAdd => include_str!("../../shaders/reduce_add.wgsl"),
@@ -87,7 +83,7 @@ impl Kernel {
             Kernel::GptqGemv | Kernel::GptqGemm => &[U, U, R, R, R, R, R, W, R, R],
             Kernel::LinearF16 => &[U, U, R, R, W],
             Kernel::Rope => &[U, U, R, R, W, W, W],
-            Kernel::Attention | Kernel::AttentionDecode => &[U, U, R, R, R, W],
+            Kernel::Attention => &[U, U, R, R, R, W],
             Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
             Kernel::Argmax | Kernel::ReduceAdd => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
