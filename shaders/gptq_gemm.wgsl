@@ -42,9 +42,9 @@ const TN: u32 = 4u * {{COLS4}}u;
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
 // y: [capacity, y_stride] f32
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
-// norm_w, row_scale: unused by the GEMM (same binding list as gptq_gemv.wgsl)
+// norm_w, ss: unused by the GEMM (same binding list as gptq_gemv.wgsl)
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
-@group(0) @binding(9) var<storage, read> row_scale: array<f32>;
+@group(0) @binding(9) var<storage, read> ss: array<f32>;
 
 var<workgroup> xs: array<f32, {{TM}} * {{KT}}>;   // [TM, KT]
 var<workgroup> ws: array<vec4<f32>, {{KT}} * {{COLS4}}>; // [KT, COLS4] dequantized weights

@@ -34,7 +34,7 @@ struct Params {
     split_rows: u32,  // prepared rows per split (multiple of 32 / BITS)
     cap: u32,         // capacity rows per slab of y and x
     x_splits: u32,    // partial slabs x is made of (SwiGLU prologue over split-K gate|up); 1 otherwise
-    ss_blocks: u32,   // PRO = 1: blocks of the row's sum of squares in row_scale
+    ss_blocks: u32,   // PRO = 1: partial sums of squares per row in ss
     _pad1: u32,
     _pad2: u32,
 }
@@ -58,8 +58,8 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 // norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
-// row_scale: [capacity, ss_blocks] f32, partial sums of x^2 of each row (PRO = 1)
-@group(0) @binding(9) var<storage, read> row_scale: array<f32>;
+// ss: [capacity, ss_blocks] f32, partial sums of x^2 of each row (PRO = 1), written by reduce_add
+@group(0) @binding(9) var<storage, read> ss: array<f32>;
 
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
 var<workgroup> xs: array<f32, {{XCHUNK}}>;
@@ -123,7 +123,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var rs = 1.0;
     if ({{PRO}}u == 1u) {
         var ssum = 0.0;
-        for (var b = 0u; b < p.ss_blocks; b++) { ssum += row_scale[t * p.ss_blocks + b]; }
+        for (var b = 0u; b < p.ss_blocks; b++) { ssum += ss[t * p.ss_blocks + b]; }
         rs = inverseSqrt(ssum / f32(p.k) + p.eps);
     }
 

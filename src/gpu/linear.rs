@@ -495,7 +495,7 @@ pub fn linear_dispatches(
             };
             let perm = g.perm.as_ref().unwrap_or(dummy);
             let zeros = g.zeros.as_ref().unwrap_or(dummy);
-            let (norm_w, row_scale) = match pro {
+            let (norm_w, ss) = match pro {
                 Prologue::RmsNorm { weight, ss, .. } => (weight, ss),
                 _ => (dummy, dummy),
             };
@@ -503,7 +503,7 @@ pub fn linear_dispatches(
                 key,
                 &params,
                 step,
-                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w, row_scale],
+                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w, ss],
                 groups,
                 g.bytes,
             )?])

@@ -1,8 +1,9 @@
 //! The op lists of the two step shapes, built once per session by [`super::plan::Plan`].
 //!
 //! Decode (one token) is bandwidth-bound, so its GPTQ matmuls are split-K GEMVs with fused prologues: RMSNorm
-//! (its 1 / rms comes from `row_scale`, written by the op that last changed x) and SwiGLU; their partial slabs are
-//! summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up, `reduce_add` for the residual).
+//! (the row's sum of squares comes in block sums `ss`, written by the `reduce_add` that last changed x) and
+//! SwiGLU; their partial slabs are summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up,
+//! `reduce_add` for the residual).
 //! Per layer: qkv, rope+kv, attention (+ combine), o, reduce_add, gate|up, down, reduce_add.
 //! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs with separate RMSNorm and SiLU·mul ops and residual
 //! epilogues.
@@ -138,7 +139,7 @@ pub fn decode(
     let inter = c.intermediate_size as u32;
     let attn = attn_shape(w, shape);
     let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, 1)?;
-    d.push(kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, 0, 1)?.named("row_scale"));
+    d.push(kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, 0, 1)?.named("norm_sums"));
     for (i, l) in w.layers.iter().enumerate() {
         let (kc, vc) = &b.kv[i];
         let s_qkv = if l.qkv.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_))) {
