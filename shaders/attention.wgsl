@@ -46,8 +46,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let hd2 = d / 2u;
     let kvh = h / (p.n_heads / p.n_kv);
     let i = step.pos0 + t;
-    var lo = 0u;
-    if (p.window > 0u && i + 1u > p.window) { lo = i + 1u - p.window; }
+    var lo = window_start(i, p.window);
     var hi = i + 1u; // keys [lo, hi)
     if ({{SPLIT}}u == 1u) {
         let s0 = lo + wid.z * SPLIT_KEYS;

@@ -24,8 +24,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let d = p.head_dim;
     let base = (t * p.n_heads + h) * p.splits * (d + 2u);
     let i = step.pos0 + t;
-    var lo = 0u;
-    if (p.window > 0u && i + 1u > p.window) { lo = i + 1u - p.window; }
+    let lo = window_start(i, p.window);
     let used = min((i + 1u - lo + 255u) / 256u, p.splits);
     var m = -3.4e38;
     for (var s = 0u; s < used; s++) { m = max(m, part[base + s * (d + 2u) + d]); }

@@ -10,6 +10,12 @@ struct Step {
     _pad: u32,
 }
 
+// First key position a query at position i attends to: i - W < j <= i with a sliding window W (0 = none).
+fn window_start(i: u32, window: u32) -> u32 {
+    if (window > 0u && i + 1u > window) { return i + 1u - window; }
+    return 0u;
+}
+
 var<workgroup> red_f32: array<f32, {{WG}}>;
 
 //#if SUBGROUP
