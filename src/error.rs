@@ -84,6 +84,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// A model named by Hugging Face hub id could not be found, fetched or used from the cache; `reason` says
+    /// what to do.
+    #[error("model {model} (Hugging Face hub): {reason}")]
+    Hub { model: String, reason: String },
+
     #[error("the prompt has {tokens} tokens but the context limit is {limit}")]
     ContextOverflow { tokens: usize, limit: usize },
 }

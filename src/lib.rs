@@ -2,6 +2,7 @@
 //!
 //! Layers (data flows downward): [`model`] (files, config, validation) → [`prep`] (GPU weight layout) →
 //! [`gpu`] (kernels, plan, execution) → [`session`] and [`generate`] (prefill/decode/sampling) → front ends.
+//! [`hub`] turns a Hugging Face hub id into a model directory in the HF cache.
 //!
 //! ```no_run
 //! use wgptq::{GenerateOptions, LoadOptions, Model, SamplingParams};
@@ -21,6 +22,7 @@ pub mod cpu_ref;
 pub mod error;
 pub mod generate;
 pub mod gpu;
+pub mod hub;
 pub mod model;
 pub mod prep;
 pub mod sampling;

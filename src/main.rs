@@ -2,7 +2,6 @@
 //! `info` (what a model is and what it needs). Errors are one clear line and a non-zero exit.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 mod cli;
 
@@ -53,9 +52,13 @@ impl DeviceArgs {
 enum Command {
     /// Generate a completion for one prompt.
     Generate {
-        /// Model directory (laid out as a Hugging Face GPTQ repository).
+        /// Model directory (laid out as a Hugging Face GPTQ repository), or a hub id owner/name[:branch]
+        /// fetched into the Hugging Face cache.
         #[arg(long)]
-        model: PathBuf,
+        model: String,
+        /// Hub branch, tag or commit (the same as `:branch` in --model).
+        #[arg(long)]
+        revision: Option<String>,
         #[arg(long)]
         prompt: String,
         /// Maximum new tokens.
@@ -90,8 +93,12 @@ enum Command {
     Bench(Box<cli::bench::BenchArgs>),
     /// Describe a model (architecture, quantization, memory needs) and the adapters found.
     Info {
+        /// Model directory or hub id owner/name[:branch].
         #[arg(long)]
-        model: Option<PathBuf>,
+        model: Option<String>,
+        /// Hub branch, tag or commit.
+        #[arg(long, requires = "model")]
+        revision: Option<String>,
         /// Context length for the KV-cache estimate.
         #[arg(long, default_value_t = 4096)]
         context: usize,
@@ -113,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate {
             model,
+            revision,
             prompt,
             max_tokens,
             temperature,
@@ -136,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             if top_logprobs > 0 && !json {
                 bail!("--top-logprobs needs --json");
             }
+            let model = cli::model_arg::resolve(&model, revision.as_deref())?;
             let m = Model::load(&model, &dev.load_options())?;
             let tok = m
                 .tokenizer
@@ -201,7 +210,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => cli::bench::run(*args),
-        Command::Info { model, context } => {
+        Command::Info {
+            model,
+            revision,
+            context,
+        } => {
             println!("adapters:");
             for (i, a) in wgptq::gpu::context::list_adapters().iter().enumerate() {
                 println!(
@@ -209,7 +222,8 @@ fn run(cli: Cli) -> Result<()> {
                     a.name, a.backend, a.device_type, a.driver_info
                 );
             }
-            if let Some(dir) = model {
+            if let Some(model) = model {
+                let dir = cli::model_arg::resolve(&model, revision.as_deref())?;
                 info(&ModelFiles::open(&dir)?, context);
             }
             Ok(())

@@ -13,14 +13,17 @@ use wgptq::DeviceOptions;
 /// Arguments of `wgptq bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Model directory to benchmark (a Hugging Face GPTQ layout).
+    /// Model to benchmark: a directory (a Hugging Face GPTQ layout) or a hub id owner/name[:branch].
     #[arg(
         long,
-        value_name = "DIR",
+        value_name = "DIR|ID",
         required_unless_present = "synthetic",
         conflicts_with = "synthetic"
     )]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// Hub branch, tag or commit of --model.
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
     /// Benchmark a synthetic GPTQ checkpoint with random weights and this preset's shapes: openchat-3.5 or tiny.
     #[arg(long, value_name = "PRESET", value_parser = parse_preset)]
     pub synthetic: Option<String>,
@@ -176,7 +179,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let model_dir = match (&generated, &args.model) {
         (Some(g), _) => g.dir.clone(),
-        (None, Some(m)) => m.clone(),
+        (None, Some(m)) => super::model_arg::resolve(m, args.revision.as_deref())?,
         (None, None) => bail!("give --model DIR or --synthetic PRESET"),
     };
     let opts = BenchOptions {
