@@ -11,6 +11,11 @@ M=/tmp/oc4
 STEPS=${STEPS:-all}
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 
+# 0. Sampling test vectors from transformers' own logits processors (the device image has transformers).
+if [ -n "${HF_VECTORS:-}" ]; then
+  python3 scripts/hf_sampling_vectors.py --out "$FINAL/hf_sampling.json" > "$OUT/hf_vectors.txt" 2>&1
+  log "HF sampling vectors"; tail -2 "$OUT/hf_vectors.txt" | tee -a "$OUT/summary.txt"
+fi
 # 1. Write the 4-bit g128 act-order model and check it against PyTorch.
 $W bench --synthetic openchat-3.5 --bits 4 --group-size 128 --act-order --save $M --tokenizer-from .devdata/openchat \
   --contexts 16,4096 --prompt-lens 512 --decode-tokens 64 --runs 3 --profile --json "$OUT/b4g128.json" \

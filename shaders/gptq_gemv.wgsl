@@ -12,8 +12,11 @@
 // (gathered, transformed) activations in workgroup memory. Inside a workgroup a thread owns 4 adjacent columns (one
 // 16-byte load per packed row) and a contiguous run of the packed rows; runs are summed in workgroup memory.
 // Weight words are loaded UNROLL at a time into registers (the first batch before the staging pass) so their
-// latency overlaps; codes become floats with the exponent trick (0x4B000000 | q is 2^23 + q). Group scale and
-// zero are applied once per group and run: s * (sum(a q) - z * sum(a)).
+// latency overlaps; codes become floats with the exponent trick without shifting them down: for the j-th code of
+// a 16-bit half-word, (q & (MASK << j * BITS)) | 0x4B000000 is 2^23 + q_j 2^(j BITS) (exact, below 2^24), so one
+// subtract of zz_j = 2^23 + z 2^(j BITS) gives (q_j - z) 2^(j BITS) exactly; the staged activations carry the
+// matching 2^-(j BITS). Per code: one mask-or, one subtract, one FMA (the upper half-word is shifted once per
+// word). The group scale is applied once per group and run.
 //
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (row runs per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
@@ -62,7 +65,9 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(9) var<storage, read> ss: array<f32>;
 
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
+// xs[i] = a[c0 + i] * 2^-(BITS * (i % HP)): activations of the staged rows, pre-scaled for the code positions.
 var<workgroup> xs: array<f32, {{XCHUNK}}>;
+const HP: u32 = PF / 2u; // codes per 16-bit half-word
 
 fn group_scale(g: u32, c4: u32, n4: u32) -> vec4<f32> {
     let s = scales[g * n4 + c4];
@@ -100,10 +105,39 @@ fn act(t: u32, src: u32, rs: f32) -> f32 {
     return x[t * p.x_stride + src];
 }
 
-// The PF codes of 4 columns at shift j * BITS, as floats, via 2^23 + q.
-fn codes(q: vec4<u32>, j: u32) -> vec4<f32> {
-    let bits = ((q >> vec4<u32>(j * {{BITS}}u)) & vec4<u32>(MASK)) | vec4<u32>(0x4B000000u);
-    return bitcast<vec4<f32>>(bits) - vec4<f32>(8388608.0);
+// Staged activation of prepared row k (0 past the split's end and for padding rows).
+fn stage(t: u32, k: u32, r1: u32, rs: f32) -> f32 {
+    if (k >= r1) { return 0.0; }
+//#if PERM
+    let src = perm[k];
+    if (src == 0xffffffffu) { return 0.0; }
+    return act(t, src, rs);
+//#else
+    return act(t, k, rs);
+//#endif
+}
+
+// zz_j = 2^23 + z 2^(j BITS) for the 4 columns' zero points z.
+fn zero_terms(z: vec4<f32>) -> array<vec4<f32>, HP> {
+    var zz: array<vec4<f32>, HP>;
+    for (var j = 0u; j < HP; j++) {
+        zz[j] = vec4<f32>(8388608.0) + z * f32(1u << (j * {{BITS}}u));
+    }
+    return zz;
+}
+
+// sum_i a_i (q_i - z) over the PF codes of one packed word (4 columns); xb indexes its first staged row.
+fn word_dot(q: vec4<u32>, xb: u32, zz: array<vec4<f32>, HP>) -> vec4<f32> {
+    let qh = q >> vec4<u32>(16u);
+    var d = vec4<f32>(0.0);
+    for (var j = 0u; j < HP; j++) {
+        let m = vec4<u32>(MASK << (j * {{BITS}}u));
+        let lo = bitcast<vec4<f32>>((q & m) | vec4<u32>(0x4B000000u)) - zz[j];
+        let hi = bitcast<vec4<f32>>((qh & m) | vec4<u32>(0x4B000000u)) - zz[j];
+        d += xs[xb + j] * lo;
+        d += xs[xb + HP + j] * hi;
+    }
+    return d;
 }
 
 @compute @workgroup_size({{WG}})
@@ -141,17 +175,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var acc = vec4<f32>(0.0);
     for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
         for (var i = lid; i < {{XCHUNK}}u; i += {{WG}}u) {
-            let k = c0 + i;
-            var v = 0.0;
-            if (k < r1) {
-//#if PERM
-                let src = perm[k];
-                if (src != 0xffffffffu) { v = act(t, src, rs); }
-//#else
-                v = act(t, k, rs);
-//#endif
-            }
-            xs[i] = v;
+            xs[i] = ldexp(stage(t, c0 + i, r1, rs), -i32({{BITS}}u * (i % HP)));
         }
         workgroupBarrier();
         if (c0 > r0) {
@@ -165,7 +189,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var g_cur = wb / wpg;
             var g_end = (g_cur + 1u) * wpg;
             var aq = vec4<f32>(0.0);
-            var sx = 0.0;
+            var zz = zero_terms(group_zero(g_cur, c4s, n4));
             for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
                 if (w0 != wb || c0 > r0) {
                     for (var u = 0u; u < {{UNROLL}}u; u++) {
@@ -176,22 +200,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     let w = w0 + u;
                     if (w < we) {
                         if (w >= g_end) {
-                            acc += group_scale(g_cur, c4s, n4) * (aq - group_zero(g_cur, c4s, n4) * sx);
+                            acc += group_scale(g_cur, c4s, n4) * aq;
                             aq = vec4<f32>(0.0);
-                            sx = 0.0;
                             g_cur = w / wpg;
                             g_end = (g_cur + 1u) * wpg;
+                            zz = zero_terms(group_zero(g_cur, c4s, n4));
                         }
-                        let xb = w * PF - c0;
-                        for (var j = 0u; j < PF; j++) {
-                            let xv = xs[xb + j];
-                            aq += xv * codes(qs[u], j);
-                            sx += xv;
-                        }
+                        aq += word_dot(qs[u], w * PF - c0, zz);
                     }
                 }
             }
-            acc += group_scale(g_cur, c4s, n4) * (aq - group_zero(g_cur, c4s, n4) * sx);
+            acc += group_scale(g_cur, c4s, n4) * aq;
         }
         workgroupBarrier();
     }

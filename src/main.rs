@@ -40,7 +40,7 @@ impl DeviceArgs {
         LoadOptions {
             device: DeviceOptions {
                 adapter: self.device.clone(),
-                no_subgroups: false,
+                ..DeviceOptions::default()
             },
             max_context: self.max_context,
             prefill_chunk: self.prefill_chunk,
@@ -216,9 +216,9 @@ fn run(cli: Cli) -> Result<()> {
             context,
         } => {
             println!("adapters:");
-            for (i, a) in wgptq::gpu::context::list_adapters().iter().enumerate() {
+            for (i, (a, f)) in wgptq::gpu::context::list_adapters().iter().enumerate() {
                 println!(
-                    "  [{i}] {} ({:?}, {:?}, {})",
+                    "  [{i}] {} ({:?}, {:?}, {}); features: {f:?}",
                     a.name, a.backend, a.device_type, a.driver_info
                 );
             }

@@ -64,6 +64,18 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+
+    /// The processor chain of HF `generate()` in its order, in place: repetition penalty over `history` (prompt +
+    /// generated ids), then, unless greedy, temperature, top-k and top-p. Filtered tokens become -inf.
+    pub fn process(&self, logits: &mut [f32], history: &[u32]) {
+        repetition_penalty(logits, history, self.repetition_penalty);
+        if self.is_greedy() {
+            return;
+        }
+        temperature(logits, self.temperature);
+        top_k(logits, self.top_k);
+        top_p(logits, self.top_p);
+    }
 }
 
 /// HF RepetitionPenaltyLogitsProcessor: every distinct token of `history` once; negative logits multiplied,
@@ -107,6 +119,8 @@ pub fn top_k(logits: &mut [f32], k: usize) {
 }
 
 /// HF TopPLogitsWarper: sort ascending, drop tokens whose cumulative probability is <= 1 - p, always keep the top one.
+/// Where tied logits straddle the cut, transformers' result depends on torch's unstable sort; here the lower
+/// token id is dropped first.
 pub fn top_p(logits: &mut [f32], p: f32) {
     if p >= 1.0 {
         return;
@@ -191,13 +205,10 @@ impl Sampler {
     /// Chooses the next token from raw logits; `history` = prompt + generated ids (for the repetition penalty).
     pub fn sample(&mut self, raw: &[f32], history: &[u32]) -> u32 {
         let mut l = raw.to_vec();
-        repetition_penalty(&mut l, history, self.params.repetition_penalty);
+        self.params.process(&mut l, history);
         if self.params.is_greedy() {
             return argmax(&l);
         }
-        temperature(&mut l, self.params.temperature);
-        top_k(&mut l, self.params.top_k);
-        top_p(&mut l, self.params.top_p);
         let probs = softmax(&l);
         let r: f32 = self.rng.random();
         let mut cum = 0.0;

@@ -265,9 +265,9 @@ impl Session {
             q.write_buffer(&self.plan.bufs.tokens, 0, bytemuck::cast_slice(t));
         }
         let list = if prefill {
-            &self.plan.prefill
+            &self.plan.prefill[..]
         } else {
-            &self.plan.decode
+            self.plan.decode_list(self.pos)
         };
         let gpu = &self.gpu;
         let index = gpu.scoped("step", || {

@@ -359,3 +359,47 @@ fn bench_runs_end_to_end_on_tiny() {
     assert_eq!(json["decode"][1]["context"], 40);
     println!("{table}");
 }
+
+/// Decode switches dispatch lists with the context: below 256 keys attention writes its output directly, above it
+/// splits the keys and merges the partials. Both must give the logits the prefill path gives for the same sequence.
+#[test]
+fn decode_matches_prefill_across_the_attention_split_boundary() {
+    let spec = SyntheticSpec {
+        sliding_window: None,
+        seed: 3,
+        ..SyntheticSpec::tiny()
+    };
+    let dir = write(&spec, "synthetic-split", &WriteOptions::default());
+    let load = LoadOptions {
+        prefill_chunk: 64,
+        max_context: Some(300),
+        ..Default::default()
+    };
+    let model = Model::load(dir.path(), &load).expect("load");
+    let seq: Vec<u32> = (0..270u32).map(|i| (i * 7919 + 13) % 32000).collect();
+    let all = model
+        .session(true)
+        .expect("session")
+        .prefill_all(&seq)
+        .expect("prefill_all");
+    let mut s = model.session(false).expect("session");
+    s.prefill(&seq[..250]).expect("prefill");
+    for (pos, &id) in seq.iter().enumerate().skip(250).take(19) {
+        let got = s.decode(id).expect("decode");
+        let want = &all[pos];
+        let scale = want.iter().fold(0f32, |a, &b| a.max(b.abs()));
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(
+                0f32,
+                |a, b| if b.is_nan() { f32::INFINITY } else { a.max(b) },
+            );
+        // Same math in other kernels (GEMV against tiled GEMM, split against whole attention): f32 rounding only.
+        assert!(
+            worst <= 1e-3 * scale.max(1.0),
+            "position {pos}: decode logits differ from prefill by {worst} (scale {scale})"
+        );
+    }
+}

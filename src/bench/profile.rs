@@ -34,7 +34,7 @@ pub(crate) fn profile_decode(
         });
     }
     let plan = session.plan();
-    let list = &plan.decode;
+    let list = plan.decode_list(session.position());
     let n = list.len();
     let count = n as u32 + 1;
     if count > wgpu::QUERY_SET_MAX_QUERIES {

@@ -38,15 +38,20 @@ pub struct Gpu {
     pub caps: Caps,
 }
 
-/// Names of the adapters wgpu finds, in selection order.
-pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+/// The adapters wgpu finds, in selection order, with the features wgptq uses.
+pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, wgpu::Features)> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
         .iter()
-        .map(|a| a.get_info())
+        .map(|a| (a.get_info(), a.features() & USED_FEATURES))
         .collect()
 }
+
+/// Optional features wgptq takes advantage of when an adapter has them.
+pub const USED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
 impl Gpu {
     pub fn new(opts: &DeviceOptions) -> Result<Arc<Gpu>> {

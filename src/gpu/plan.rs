@@ -287,6 +287,12 @@ pub struct Plan {
     pub bufs: Activations,
     /// Decode step: ends with the lm_head (logits row 0) and the GPU argmax.
     pub decode: Vec<Dispatch>,
+    /// The decode step for positions whose keys fit one attention split: attention writes its output directly,
+    /// without the split partials and the combine op (32 fewer dispatches for OpenChat). `None` when the cache
+    /// has only one split anyway.
+    pub decode_short: Option<Vec<Dispatch>>,
+    /// Sliding window of the attention (0 = none).
+    window: usize,
     /// Prefill chunk: ends with the lm_head (and argmax of the last row unless all_logits).
     pub prefill: Vec<Dispatch>,
 }
@@ -341,13 +347,37 @@ impl Plan {
             kv,
             dummy: gpu.storage("dummy", 16)?,
         };
-        let decode = steps::decode(pipes, w, &bufs, shape, &splits)?;
+        let attn_splits = kernels::attention_splits(shape.slots as u32);
+        let decode = steps::decode(pipes, w, &bufs, shape, &splits, attn_splits)?;
+        // WGPTQ_SHORT_DECODE=0 keeps the split list at every position (benchmarking the difference).
+        let short = std::env::var("WGPTQ_SHORT_DECODE").map_or(true, |v| v != "0");
+        let decode_short = if attn_splits > 1 && short {
+            Some(steps::decode(pipes, w, &bufs, shape, &splits, 1)?)
+        } else {
+            None
+        };
         let prefill = steps::prefill(pipes, w, &bufs, shape)?;
         Ok(Plan {
             shape,
             bufs,
             decode,
+            decode_short,
+            window: c.sliding_window.unwrap_or(0),
             prefill,
         })
+    }
+
+    /// The decode dispatch list for a step at position `pos` (whose keys are those of positions ≤ pos inside
+    /// the sliding window).
+    pub fn decode_list(&self, pos: usize) -> &[Dispatch] {
+        let keys = if self.window > 0 {
+            (pos + 1).min(self.window)
+        } else {
+            pos + 1
+        };
+        match &self.decode_short {
+            Some(short) if keys <= kernels::ATTN_SPLIT_KEYS as usize => short,
+            _ => &self.decode,
+        }
     }
 }

@@ -130,6 +130,7 @@ pub fn decode(
     b: &Activations,
     shape: PlanShape,
     splits: &DecodeSplits,
+    attn_splits: u32,
 ) -> Result<Vec<Dispatch>> {
     let c = &w.config;
     let step = &b.step;
@@ -172,7 +173,6 @@ pub fn decode(
             1,
             s_qkv,
         )?);
-        let attn_splits = kernels::attention_splits(shape.slots as u32);
         d.extend(kernels::attention(
             pipes,
             step,
