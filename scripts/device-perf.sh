@@ -30,10 +30,11 @@ if [ "$STEPS" = all ]; then
     --compare "$OUT/wgptq_gen.json" > "$OUT/compare.txt" 2>&1
   log "PyTorch comparison"; tail -4 "$OUT/compare.txt" | tee -a "$OUT/summary.txt"
 fi
-# 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE for a WGPTQ_ tuning variable
-#    (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N).
+# 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE[,VAR=VALUE...] for WGPTQ_ tuning
+#    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, QB=16|32|64, SHORT_DECODE=0).
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
-  env "WGPTQ_$v" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 > "$OUT/var_$v.txt" 2>&1
+  envs=(); IFS=',' read -ra kv <<< "$v"; for x in "${kv[@]}"; do envs+=("WGPTQ_$x"); done
+  env "${envs[@]}" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 > "$OUT/var_$v.txt" 2>&1
   log "variant $v"; grep -E "^ *16 " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
 done
 if [ "${BRANCHES:-1}" = 1 ]; then

@@ -268,8 +268,9 @@ pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Resul
                 }
             }
         }
-        // (32, 8): measured best on the H100 (167 tok/s against 161 for (16, 32); docs/PERF.md).
-        Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => (32, 8),
+        // (64, 4): the best shape on the H100 in 3 of 4 runs, 179 tok/s against 168 for (32, 8) on average
+        // (docs/PERF.md, runs 10-13).
+        Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => (64, 4),
         Err(_) => GEMV_TUNES[0],
     };
     // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations must fit.
