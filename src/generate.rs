@@ -34,6 +34,8 @@ pub enum StopReason {
     ContextEnd,
     /// The callback asked to stop.
     Stopped,
+    /// A stop string appeared in the text (see [`crate::chat::TextStream`]).
+    StopString,
 }
 
 /// The result of [`Session::generate`].

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod bench;
+pub mod chat;
 pub mod cpu_ref;
 pub mod error;
 pub mod generate;
@@ -30,6 +31,7 @@ pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
 
+pub use chat::{Chat, ChatOptions, ChatReply, Template, TextStream};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, TokenStep};
 pub use gpu::DeviceOptions;

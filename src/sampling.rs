@@ -61,6 +61,19 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Defaults from generation_config.json as HF `generate()` reads them: sampling only with `do_sample`, then
+    /// temperature 1, top-k 50 and top-p 1 unless the file sets them; the repetition penalty applies either way.
+    pub fn from_defaults(g: &crate::model::GenerationDefaults) -> SamplingParams {
+        let sample = g.do_sample.unwrap_or(false);
+        SamplingParams {
+            temperature: if sample { g.temperature.unwrap_or(1.0) } else { 0.0 },
+            top_k: if sample { g.top_k.unwrap_or(50) } else { 0 },
+            top_p: if sample { g.top_p.unwrap_or(1.0) } else { 1.0 },
+            repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
+            seed: None,
+        }
+    }
+
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }

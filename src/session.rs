@@ -100,6 +100,17 @@ impl Model {
         &self.files.config
     }
 
+    /// Ids that end an answer: config.json's (and generation_config.json's) eos ids and the tokenizer's eos.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.files.config.eos_token_ids.clone();
+        if let Some(id) = self.tokenizer.as_ref().and_then(|t| t.eos_token_id()) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
     /// Longest context a session of this model supports.
     pub fn max_context(&self) -> usize {
         self.max_context
@@ -188,6 +199,20 @@ impl Session {
     /// Forgets the conversation (the cache is overwritten as positions restart at 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Keeps the first `pos` positions of the cache, so that a prompt sharing those tokens is prefilled only from
+    /// there (the next chat turn). Returns `false` and keeps nothing (position 0) when a rolling sliding-window
+    /// cache has already overwritten keys that position `pos` still attends to.
+    pub fn truncate(&mut self, pos: usize) -> bool {
+        let pos = pos.min(self.pos);
+        let slots = self.plan.shape.slots;
+        let window = self.plan.window();
+        // Keys j in (pos - W, pos) survive unless a position written since (up to self.pos - 1) took their slot.
+        let intact = slots >= self.plan.shape.max_positions
+            || (window > 0 && self.pos - pos <= slots.saturating_sub(window));
+        self.pos = if intact { pos } else { 0 };
+        intact
     }
 
     pub fn max_positions(&self) -> usize {

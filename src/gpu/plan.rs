@@ -367,6 +367,11 @@ impl Plan {
         })
     }
 
+    /// Sliding window of the attention (0 = none).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// The decode dispatch list for a step at position `pos` (whose keys are those of positions ≤ pos inside
     /// the sliding window).
     pub fn decode_list(&self, pos: usize) -> &[Dispatch] {
