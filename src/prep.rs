@@ -55,58 +55,36 @@ fn code(words: &[u32], n: usize, bits: usize, k: usize, col: usize) -> u32 {
     (words[(k / pf) * n + col] >> (bits * (k % pf))) & ((1u32 << bits) - 1)
 }
 
-/// Prepares one GPTQ matrix. `g_idx` values must already be validated to lie in [0, groups).
-pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
-    let bits = quant.bits as usize;
-    let pf = 32 / bits;
-    let (k, n) = (t.k, t.n);
-    let groups = t.scales.len() / n.max(1);
+/// Where the prepared rows of a GPTQ matrix come from: decided by g_idx alone (no codes needed), so the memory
+/// estimate ([`crate::gpu::memory`]) and [`prepare_gptq`] cannot disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOrder {
+    /// Prepared rows (multiple of 32 / bits).
+    pub kp: usize,
+    /// Prepared rows per group.
+    pub group_rows: usize,
+    /// [kp] prepared row → input index ([`PAD`] for padding), `None` when the identity.
+    pub perm: Option<Vec<u32>>,
+}
+
+/// The row order of a matrix with `k` inputs in `groups` groups. `g_idx` values must lie in [0, groups).
+pub fn row_order(g_idx: Option<&[i32]>, k: usize, groups: usize, quant: &QuantConfig) -> RowOrder {
+    let pf = 32 / quant.bits as usize;
     let gs = quant.group_size.unwrap_or(k).max(1);
     let group_of = |row: usize| -> usize {
-        match t.g_idx {
+        match g_idx {
             Some(g) => g[row] as usize,
             None => (row / gs).min(groups.saturating_sub(1)),
         }
     };
-
-    // Zero points: z = stored (+1 for v1, masked first as AutoGPTQ's qlinear_cuda does).
-    let mut zvals = Vec::with_capacity(groups * n);
-    for g in 0..groups {
-        for col in 0..n {
-            // qzeros are packed along N: word [g, col / pf], field (col % pf).
-            let w = t.qzeros[g * (n / pf) + col / pf];
-            let s = (w >> (bits * (col % pf))) & ((1u32 << bits) - 1);
-            let z = match quant.format {
-                CheckpointFormat::V1 => s + 1,
-                CheckpointFormat::V2 => s,
-            };
-            zvals.push(z as f32);
-        }
-    }
-    let zero_const = zvals.first().copied().unwrap_or(0.0);
-    let zeros = if zvals.iter().all(|&z| z == zero_const) {
-        None
-    } else {
-        Some(zvals.iter().map(|&z| f16::from_f32(z)).collect())
-    };
-
     let identity = gs % pf == 0 && (0..k).all(|row| group_of(row) == row / gs);
     if identity {
-        return PreparedGptq {
-            bits: quant.bits,
-            k,
-            n,
+        return RowOrder {
             kp: k,
             group_rows: gs,
-            groups,
-            qweight: t.qweight.to_vec(),
-            scales: t.scales.to_vec(),
-            zeros,
-            zero_const,
             perm: None,
         };
     }
-
     // Stable counting sort of rows by group.
     let mut counts = vec![0usize; groups];
     for row in 0..k {
@@ -120,8 +98,9 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
         .max(pf);
     let last = groups.saturating_sub(1);
     let kp = last * group_rows
-        + counts[last]
-            .next_multiple_of(pf)
+        + counts
+            .get(last)
+            .map_or(0, |c| c.next_multiple_of(pf))
             .max(if groups == 0 { 0 } else { pf });
     let mut perm = vec![PAD; kp];
     let mut next: Vec<usize> = (0..groups).map(|g| g * group_rows).collect();
@@ -130,6 +109,114 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
         perm[next[g]] = row as u32;
         next[g] += 1;
     }
+    RowOrder {
+        kp,
+        group_rows,
+        perm: Some(perm),
+    }
+}
+
+/// Real zero points [groups, n] of packed `qzeros` (+1 for v1, masked first as AutoGPTQ's qlinear_cuda does).
+pub fn zero_points(qzeros: &[u32], n: usize, groups: usize, quant: &QuantConfig) -> Vec<f32> {
+    let bits = quant.bits as usize;
+    let pf = 32 / bits;
+    let mut zvals = Vec::with_capacity(groups * n);
+    for g in 0..groups {
+        for col in 0..n {
+            // qzeros are packed along N: word [g, col / pf], field (col % pf).
+            let w = qzeros[g * (n / pf) + col / pf];
+            let s = (w >> (bits * (col % pf))) & ((1u32 << bits) - 1);
+            let z = match quant.format {
+                CheckpointFormat::V1 => s + 1,
+                CheckpointFormat::V2 => s,
+            };
+            zvals.push(z as f32);
+        }
+    }
+    zvals
+}
+
+/// The zero value every group shares (the first one), and whether any differs from it (then the zeros need a
+/// buffer).
+pub fn zero_mode(zvals: &[f32]) -> (f32, bool) {
+    let zero_const = zvals.first().copied().unwrap_or(0.0);
+    (zero_const, zvals.iter().any(|&z| z != zero_const))
+}
+
+/// What decides whether prepared matrices fuse along N ([`concat_n`]), borrowed from a [`PreparedGptq`] or a
+/// [`crate::gpu::memory`] layout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FuseKey<'a> {
+    pub bits: u32,
+    pub k: usize,
+    pub kp: usize,
+    pub group_rows: usize,
+    pub groups: usize,
+    pub perm: Option<&'a [u32]>,
+    pub zero_buf: bool,
+    pub zero_const: f32,
+}
+
+impl FuseKey<'_> {
+    /// Same prepared rows, groups, permutation and zero mode: one kernel can run both as one matrix.
+    pub fn fuses_with(&self, o: &FuseKey<'_>) -> bool {
+        self.bits == o.bits
+            && self.k == o.k
+            && self.kp == o.kp
+            && self.group_rows == o.group_rows
+            && self.groups == o.groups
+            && self.perm == o.perm
+            && self.zero_buf == o.zero_buf
+            && (self.zero_buf || self.zero_const == o.zero_const)
+    }
+}
+
+impl PreparedGptq {
+    pub fn fuse_key(&self) -> FuseKey<'_> {
+        FuseKey {
+            bits: self.bits,
+            k: self.k,
+            kp: self.kp,
+            group_rows: self.group_rows,
+            groups: self.groups,
+            perm: self.perm.as_deref(),
+            zero_buf: self.zeros.is_some(),
+            zero_const: self.zero_const,
+        }
+    }
+}
+
+/// Prepares one GPTQ matrix. `g_idx` values must already be validated to lie in [0, groups).
+pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
+    let bits = quant.bits as usize;
+    let pf = 32 / bits;
+    let (k, n) = (t.k, t.n);
+    let groups = t.scales.len() / n.max(1);
+
+    let zvals = zero_points(t.qzeros, n, groups, quant);
+    let (zero_const, zero_buf) = zero_mode(&zvals);
+    let zeros = zero_buf.then(|| zvals.iter().map(|&z| f16::from_f32(z)).collect());
+
+    let RowOrder {
+        kp,
+        group_rows,
+        perm,
+    } = row_order(t.g_idx, k, groups, quant);
+    let Some(perm) = perm else {
+        return PreparedGptq {
+            bits: quant.bits,
+            k,
+            n,
+            kp,
+            group_rows,
+            groups,
+            qweight: t.qweight.to_vec(),
+            scales: t.scales.to_vec(),
+            zeros,
+            zero_const,
+            perm: None,
+        };
+    };
 
     // Repack codes row by row, in parallel over column ranges.
     let mut qweight = vec![0u32; (kp / pf) * n];
@@ -191,16 +278,8 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
 /// Returns `None` when their layouts differ (different g_idx, bits or zero mode): they then run separately.
 pub fn concat_n(parts: &[&PreparedGptq]) -> Option<PreparedGptq> {
     let first = parts.first()?;
-    let same = parts.iter().all(|p| {
-        p.bits == first.bits
-            && p.k == first.k
-            && p.kp == first.kp
-            && p.group_rows == first.group_rows
-            && p.groups == first.groups
-            && p.perm == first.perm
-            && p.zeros.is_some() == first.zeros.is_some()
-            && (p.zeros.is_some() || p.zero_const == first.zero_const)
-    });
+    let key = first.fuse_key();
+    let same = parts.iter().all(|p| p.fuse_key().fuses_with(&key));
     if !same {
         return None;
     }

@@ -77,7 +77,7 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
-fn parse_preset(s: &str) -> std::result::Result<String, String> {
+pub fn parse_preset(s: &str) -> std::result::Result<String, String> {
     match SyntheticSpec::preset(s) {
         Some(_) => Ok(s.to_string()),
         None => Err(format!(
@@ -87,14 +87,14 @@ fn parse_preset(s: &str) -> std::result::Result<String, String> {
     }
 }
 
-fn parse_bits(s: &str) -> std::result::Result<u32, String> {
+pub fn parse_bits(s: &str) -> std::result::Result<u32, String> {
     match s.parse::<u32>() {
         Ok(b @ (4 | 8)) => Ok(b),
         _ => Err("expected 4 or 8".into()),
     }
 }
 
-fn parse_group_size(s: &str) -> std::result::Result<i64, String> {
+pub fn parse_group_size(s: &str) -> std::result::Result<i64, String> {
     match s.parse::<i64>() {
         Ok(g) if g == -1 || g > 0 => Ok(g),
         _ => Err("expected a positive group size (32, 64, 128, ...) or -1".into()),

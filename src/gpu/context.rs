@@ -53,44 +53,91 @@ pub const USED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-impl Gpu {
-    pub fn new(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        let adapter = match &opts.adapter {
-            Some(sel) => {
-                let by_index = sel.parse::<usize>().ok().and_then(|i| adapters.get(i));
-                by_index
-                    .or_else(|| {
+/// The adapter `opts` selects among `adapters` (enumerated by `instance`, in [`list_adapters`] order): the one at
+/// that index, else the first whose name contains the text (case-insensitive), else with no selection wgpu's
+/// high-performance request. [`Gpu::new`] and `wgptq info` both choose through here, so they cannot disagree.
+pub fn select_adapter(
+    instance: &wgpu::Instance,
+    adapters: &[wgpu::Adapter],
+    opts: &DeviceOptions,
+) -> Result<wgpu::Adapter> {
+    match &opts.adapter {
+        Some(sel) => {
+            let by_index = sel.parse::<usize>().ok().and_then(|i| adapters.get(i));
+            by_index
+                .or_else(|| {
+                    adapters
+                        .iter()
+                        .find(|a| a.get_info().name.to_lowercase().contains(&sel.to_lowercase()))
+                })
+                .cloned()
+                .ok_or_else(|| Error::NoAdapter {
+                    reason: format!(
+                        "no adapter matches `{sel}`; found: {}",
                         adapters
                             .iter()
-                            .find(|a| a.get_info().name.to_lowercase().contains(&sel.to_lowercase()))
-                    })
-                    .cloned()
-                    .ok_or_else(|| Error::NoAdapter {
-                        reason: format!(
-                            "no adapter matches `{sel}`; found: {}",
-                            adapters
-                                .iter()
-                                .map(|a| a.get_info().name)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })?
-            }
-            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
-                apply_limit_buckets: false,
-            }))
-            .map_err(|e| Error::NoAdapter {
-                reason: format!(
-                    "{e}; on a machine without a GPU install Mesa's software Vulkan (Debian: mesa-vulkan-drivers)"
-                ),
-            })?,
-        };
+                            .map(|a| a.get_info().name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+        }
+        None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        }))
+        .map_err(|e| Error::NoAdapter {
+            reason: format!(
+                "{e}; on a machine without a GPU install Mesa's software Vulkan (Debian: mesa-vulkan-drivers)"
+            ),
+        }),
+    }
+}
+
+/// What [`list_adapters`] finds and which of them [`Gpu::new`] would use with these options.
+#[derive(Debug, Clone)]
+pub struct AdapterChoice {
+    /// Every adapter, in selection order, with the features wgptq uses.
+    pub adapters: Vec<(wgpu::AdapterInfo, wgpu::Features)>,
+    /// Index into `adapters` of the one selected, or why none is.
+    pub selected: std::result::Result<usize, String>,
+    /// Capabilities the selected adapter would be used with (no device is created to know them).
+    pub caps: Option<Caps>,
+}
+
+/// Enumerates the adapters and applies [`select_adapter`] without creating a device.
+pub fn choose_adapter(opts: &DeviceOptions) -> AdapterChoice {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapters: Vec<_> = found
+        .iter()
+        .map(|a| (a.get_info(), a.features() & USED_FEATURES))
+        .collect();
+    let (selected, caps) = match select_adapter(&instance, &found, opts) {
+        Ok(a) => {
+            let info = a.get_info();
+            // request_adapter returns its own handle: find it in the enumeration by its description.
+            let index = adapters
+                .iter()
+                .position(|(i, _)| *i == info)
+                .ok_or_else(|| format!("{} (not among the enumerated adapters)", info.name));
+            (index, Some(Caps::of_adapter(&a, opts).0))
+        }
+        Err(e) => (Err(e.to_string()), None),
+    };
+    AdapterChoice {
+        adapters,
+        selected,
+        caps,
+    }
+}
+
+impl Caps {
+    /// The capabilities wgptq uses `adapter` with, and the features it must request for them.
+    pub fn of_adapter(adapter: &wgpu::Adapter, opts: &DeviceOptions) -> (Caps, wgpu::Features) {
         let info = adapter.get_info();
         let features = adapter.features();
         let mut required = wgpu::Features::empty();
@@ -111,6 +158,28 @@ impl Gpu {
             required |=
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         }
+        let limits = adapter.limits();
+        let caps = Caps {
+            subgroup_size,
+            timestamps,
+            max_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            is_cpu: info.device_type == wgpu::DeviceType::Cpu,
+        };
+        (caps, required)
+    }
+}
+
+impl Gpu {
+    pub fn new(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapter = select_adapter(&instance, &adapters, opts)?;
+        let info = adapter.get_info();
+        let (caps, required) = Caps::of_adapter(&adapter, opts);
         // wgpu's defaults are lower than real adapters allow: ask for what the adapter has.
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -124,15 +193,6 @@ impl Gpu {
         .map_err(|e| Error::NoAdapter {
             reason: format!("request_device on {}: {e}", info.name),
         })?;
-        let caps = Caps {
-            subgroup_size,
-            timestamps,
-            max_binding_size: limits.max_storage_buffer_binding_size as u64,
-            max_buffer_size: limits.max_buffer_size,
-            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
-            max_invocations: limits.max_compute_invocations_per_workgroup,
-            is_cpu: info.device_type == wgpu::DeviceType::Cpu,
-        };
         tracing::info!(adapter = %info.name, backend = ?info.backend, driver = %info.driver_info, ?caps, "GPU selected");
         Ok(Arc::new(Gpu {
             adapter_info: info,

@@ -4,6 +4,7 @@
 pub mod context;
 pub mod kernels;
 pub mod linear;
+pub mod memory;
 pub mod ops;
 pub mod plan;
 pub mod shader;

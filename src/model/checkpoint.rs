@@ -151,6 +151,11 @@ impl fmt::Debug for Checkpoint {
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 impl Checkpoint {
+    /// Size of the checkpoint files (every shard) on disk.
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|(_, m)| m.len() as u64).sum()
+    }
+
     /// Raw little-endian bytes of a tensor.
     pub fn bytes(&self, t: &TensorRef) -> &[u8] {
         &self.files[t.file].1[t.start..t.end]

@@ -340,6 +340,23 @@ impl ModelWeights {
     }
 
     /// Every linear of the model with a readable name, in forward order (useful for per-op checks).
+    /// Logical parameters: k·n of every linear (GPTQ ones counted unpacked), the embedding, the norms, and the
+    /// lm_head unless it is the embedding itself (tied).
+    pub fn parameter_count(&self) -> u64 {
+        let numel = |t: &TensorRef| t.numel() as u64;
+        let mut n = numel(&self.embed) + numel(&self.final_norm);
+        for l in &self.layers {
+            n += numel(&l.input_norm) + numel(&l.post_norm);
+        }
+        for (name, lin) in self.linears() {
+            let tied = matches!(lin, Linear::F16 { weight, .. } if *weight == self.embed);
+            if !(name == "lm_head" && tied) {
+                n += (lin.k() * lin.n()) as u64;
+            }
+        }
+        n
+    }
+
     pub fn linears(&self) -> Vec<(String, &Linear)> {
         let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, l) in self.layers.iter().enumerate() {
