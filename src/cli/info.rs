@@ -349,6 +349,11 @@ fn print_model(d: &Described) {
     println!("  total          {:>10}", gib(m.total_bytes));
 }
 
+/// An f32 as the f64 its shortest decimal spelling names (1e-5, not 9.999999747378752e-6).
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
 fn to_json(args: &InfoArgs, choice: &AdapterChoice, d: Option<&Described>) -> Value {
     let adapters: Vec<Value> = choice
         .adapters
@@ -385,8 +390,8 @@ fn to_json(args: &InfoArgs, choice: &AdapterChoice, d: Option<&Described>) -> Va
                 "vocab": c.vocab_size,
                 "max_position_embeddings": c.max_position_embeddings,
                 "sliding_window": c.sliding_window,
-                "rope_theta": c.rope_theta,
-                "rms_norm_eps": c.rms_norm_eps,
+                "rope_theta": decimal(c.rope_theta),
+                "rms_norm_eps": decimal(c.rms_norm_eps),
                 "tie_word_embeddings": c.tie_word_embeddings,
             },
             "quantization": f.quant.map(|q| json!({
