@@ -66,7 +66,11 @@ impl SamplingParams {
     pub fn from_defaults(g: &crate::model::GenerationDefaults) -> SamplingParams {
         let sample = g.do_sample.unwrap_or(false);
         SamplingParams {
-            temperature: if sample { g.temperature.unwrap_or(1.0) } else { 0.0 },
+            temperature: if sample {
+                g.temperature.unwrap_or(1.0)
+            } else {
+                0.0
+            },
             top_k: if sample { g.top_k.unwrap_or(50) } else { 0 },
             top_p: if sample { g.top_p.unwrap_or(1.0) } else { 1.0 },
             repetition_penalty: g.repetition_penalty.unwrap_or(1.0),

@@ -887,7 +887,7 @@ fn cli_info_fetches_a_hub_id_through_the_hf_environment() {
     let snap = snapshot(home.path());
     assert!(
         stdout.contains(&format!("model: {}", snap.display()))
-            && stdout.contains("sliding_window Some(16)"),
+            && stdout.contains("sliding window 16"),
         "{stdout}"
     );
     let (ok, _, stderr) = run(&["info", "--model", &format!("{REPO}:other")], true);
