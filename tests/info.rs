@@ -25,6 +25,7 @@ fn device_options() -> DeviceOptions {
     DeviceOptions {
         adapter: std::env::var("WGPTQ_ADAPTER").ok(),
         no_subgroups: std::env::var("WGPTQ_NO_SUBGROUPS").is_ok(),
+        backend: None,
     }
 }
 
@@ -382,4 +383,26 @@ fn cli_without_a_model_lists_adapters_and_rejects_unknown_devices() {
     let (ok, _, err) = wgptq(&["info", "--bits", "4"]);
     assert!(!ok, "--bits needs --synthetic");
     assert!(err.contains("--synthetic"), "{err}");
+}
+
+#[test]
+fn backend_filter_selects_or_names_the_bad_value() {
+    let bogus = choose_adapter(&DeviceOptions {
+        backend: Some("glide".into()),
+        ..device_options()
+    });
+    let err = bogus
+        .selected
+        .expect_err("an unknown backend selects nothing");
+    assert!(err.contains("glide") && err.contains("vulkan"), "{err}");
+    // CI's lavapipe is a Vulkan adapter: the filter keeps it.
+    let vk = choose_adapter(&DeviceOptions {
+        backend: Some("vulkan".into()),
+        ..device_options()
+    });
+    assert!(vk.selected.is_ok(), "{:?}", vk.selected);
+    assert!(vk
+        .adapters
+        .iter()
+        .all(|(info, _)| info.backend == wgpu::Backend::Vulkan));
 }

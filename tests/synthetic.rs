@@ -285,6 +285,7 @@ fn bench_runs_end_to_end_on_tiny() {
         device: wgptq::DeviceOptions {
             adapter: std::env::var("WGPTQ_ADAPTER").ok(),
             no_subgroups: std::env::var("WGPTQ_NO_SUBGROUPS").is_ok(),
+            backend: None,
         },
         seed: 1,
     };

@@ -11,6 +11,9 @@ pub struct DeviceArgs {
     /// Adapter to use: index or part of its name (see `wgptq info`).
     #[arg(long)]
     pub device: Option<String>,
+    /// Only adapters of this backend (default: all, or the WGPU_BACKEND environment variable).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(wgptq::gpu::context::BACKENDS))]
+    pub backend: Option<String>,
     /// Longest context (prompt + answer) in tokens; default: the model's limit, at most 8192.
     #[arg(long)]
     pub max_context: Option<usize>,
@@ -24,6 +27,7 @@ impl DeviceArgs {
         LoadOptions {
             device: DeviceOptions {
                 adapter: self.device.clone(),
+                backend: self.backend.clone(),
                 ..DeviceOptions::default()
             },
             max_context: self.max_context,

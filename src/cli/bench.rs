@@ -69,6 +69,9 @@ pub struct BenchArgs {
     /// Adapter to use: index or part of its name (see `wgptq info`).
     #[arg(long)]
     pub device: Option<String>,
+    /// Only adapters of this backend (default: all, or the WGPU_BACKEND environment variable).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(wgptq::gpu::context::BACKENDS))]
+    pub backend: Option<String>,
     /// Use the workgroup-memory kernels even where the adapter has subgroups.
     #[arg(long)]
     pub no_subgroups: bool,
@@ -194,6 +197,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device: DeviceOptions {
             adapter: args.device.clone(),
             no_subgroups: args.no_subgroups,
+            backend: args.backend.clone(),
         },
         seed: args.seed,
     };

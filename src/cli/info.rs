@@ -49,6 +49,9 @@ pub struct InfoArgs {
     /// Adapter the estimate is for: index or part of its name; default: wgpu's high-performance choice.
     #[arg(long)]
     pub device: Option<String>,
+    /// Only adapters of this backend (default: all, or the WGPU_BACKEND environment variable).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(wgptq::gpu::context::BACKENDS))]
+    pub backend: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -144,6 +147,7 @@ fn describe(args: &InfoArgs, choice: &AdapterChoice) -> Result<Option<Described>
 pub fn run(args: InfoArgs) -> Result<()> {
     let device = DeviceOptions {
         adapter: args.device.clone(),
+        backend: args.backend.clone(),
         ..DeviceOptions::default()
     };
     let choice = context::choose_adapter(&device);

@@ -14,6 +14,32 @@ pub struct DeviceOptions {
     pub adapter: Option<String>,
     /// Disable subgroup kernels even where the adapter has them (tests the workgroup-memory fallback).
     pub no_subgroups: bool,
+    /// Only adapters of this backend: "vulkan", "metal", "dx12" or "gl"; `None` = all (or `WGPU_BACKEND`).
+    pub backend: Option<String>,
+}
+
+/// Backend names `DeviceOptions::backend` accepts.
+pub const BACKENDS: [&str; 4] = ["vulkan", "metal", "dx12", "gl"];
+
+/// The wgpu instance for these options (the backend filter applied over wgpu's environment settings).
+fn instance(opts: &DeviceOptions) -> Result<wgpu::Instance> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(b) = &opts.backend {
+        desc.backends = match b.to_ascii_lowercase().as_str() {
+            "vulkan" => wgpu::Backends::VULKAN,
+            "metal" => wgpu::Backends::METAL,
+            "dx12" => wgpu::Backends::DX12,
+            "gl" => wgpu::Backends::GL,
+            other => {
+                return Err(Error::InvalidArgument {
+                    name: "backend".into(),
+                    value: other.into(),
+                    reason: format!("expected one of {}", BACKENDS.join(", ")),
+                })
+            }
+        };
+    }
+    Ok(wgpu::Instance::new(desc))
 }
 
 /// Decided capabilities of the device.
@@ -109,8 +135,16 @@ pub struct AdapterChoice {
 
 /// Enumerates the adapters and applies [`select_adapter`] without creating a device.
 pub fn choose_adapter(opts: &DeviceOptions) -> AdapterChoice {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance = match instance(opts) {
+        Ok(i) => i,
+        Err(e) => {
+            return AdapterChoice {
+                adapters: Vec::new(),
+                selected: Err(e.to_string()),
+                caps: None,
+            }
+        }
+    };
     let found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     let adapters: Vec<_> = found
         .iter()
@@ -174,8 +208,7 @@ impl Caps {
 
 impl Gpu {
     pub fn new(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = instance(opts)?;
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         let adapter = select_adapter(&instance, &adapters, opts)?;
         let info = adapter.get_info();
