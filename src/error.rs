@@ -89,7 +89,10 @@ pub enum Error {
     #[error("model {model} (Hugging Face hub): {reason}")]
     Hub { model: String, reason: String },
 
-    #[error("the prompt has {tokens} tokens but the context limit is {limit}")]
+    #[error(
+        "the prompt needs {tokens} tokens but the context holds {limit} (prompt and answer together); shorten it \
+         or load the model with a larger context (--max-context, up to the model's limit)"
+    )]
     ContextOverflow { tokens: usize, limit: usize },
 }
 

@@ -53,30 +53,8 @@ fn check_against_gpu(
     let model = Model::from_parts(gpu, files, None, &load).expect("load");
     let session = model.session(false).expect("session");
     let plan = session.plan();
-    let b = &plan.bufs;
-    let kv: u64 = b.kv.iter().map(|(k, v)| k.size() + v.size()).sum();
-    let acts: u64 = [
-        &b.step,
-        &b.tokens,
-        &b.x,
-        &b.xn,
-        &b.qkv,
-        &b.q,
-        &b.attn,
-        &b.attn_part,
-        &b.qkv_part,
-        &b.gu_part,
-        &b.res_part,
-        &b.ss,
-        &b.gate_up,
-        &b.act,
-        &b.logits,
-        &b.out_ids,
-        &b.dummy,
-    ]
-    .iter()
-    .map(|x| x.size())
-    .sum();
+    let kv = plan.bufs.kv_bytes();
+    let acts = plan.bufs.activation_bytes();
     let what = format!("{} at context {context}, chunk {chunk}", dir.display());
     assert_eq!(
         est.weights_bytes,

@@ -414,22 +414,5 @@ pub fn weights_bytes(w: &GpuWeights) -> u64 {
 
 /// Bytes of a session's buffers: activations, KV cache, and its logits/token readback buffers.
 pub fn session_bytes(plan: &Plan, vocab: usize) -> u64 {
-    let b = &plan.bufs;
-    let kv: u64 = b.kv.iter().map(|(k, v)| k.size() + v.size()).sum();
-    let acts = [
-        &b.step,
-        &b.tokens,
-        &b.x,
-        &b.xn,
-        &b.qkv,
-        &b.q,
-        &b.attn,
-        &b.attn_part,
-        &b.gate_up,
-        &b.act,
-        &b.logits,
-        &b.out_ids,
-        &b.dummy,
-    ];
-    kv + acts.iter().map(|x| x.size()).sum::<u64>() + (vocab * 4 + 16) as u64
+    plan.bufs.kv_bytes() + plan.bufs.activation_bytes() + (vocab * 4 + 16) as u64
 }

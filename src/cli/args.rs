@@ -2,8 +2,9 @@
 //! and sampling. Sampling flags are optional so that generation_config.json's defaults apply where none is given,
 //! as in HF `generate()`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use wgptq::chat::ChatOptions;
+use wgptq::synthetic::{self, SyntheticSpec};
 use wgptq::{DeviceOptions, LoadOptions, Model};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -65,27 +66,26 @@ impl SamplingArgs {
     /// The model's defaults with these flags applied; every value is checked (one clear error otherwise).
     pub fn options(&self, model: &Model) -> Result<ChatOptions> {
         let mut o = ChatOptions::from_model(model);
-        let s = &mut o.generate.sampling;
+        // The flags override generation_config.json, and the result is read as HF reads it: a temperature
+        // above 0 asks for sampling (with its other defaults, top-k 50), 0 for greedy.
+        let mut g = model.files.generation.clone();
         if let Some(t) = self.temperature {
-            // Asking for a temperature asks for sampling: HF's other defaults (top-k 50) come with it.
-            if s.is_greedy() && t > 0.0 {
-                s.top_k = model.files.generation.top_k.unwrap_or(50);
-                s.top_p = model.files.generation.top_p.unwrap_or(1.0);
-            }
-            s.temperature = t;
+            g.do_sample = Some(t > 0.0);
+            g.temperature = Some(t);
         }
         if let Some(k) = self.top_k {
             if k < 0 {
                 anyhow::bail!("invalid argument `top_k` = {k}: must be >= 0 (0 = off)");
             }
-            s.top_k = k as usize;
+            g.top_k = Some(k as usize);
         }
-        if let Some(p) = self.top_p {
-            s.top_p = p;
-        }
-        if let Some(r) = self.repeat_penalty {
-            s.repetition_penalty = r;
-        }
+        g.top_p = self.top_p.or(g.top_p);
+        g.repetition_penalty = self.repeat_penalty.or(g.repetition_penalty);
+        let s = &mut o.generate.sampling;
+        *s = wgptq::SamplingParams::from_defaults(&g);
+        // Values that greedy decoding ignores are still checked: a bad flag is an error either way.
+        s.temperature = self.temperature.unwrap_or(s.temperature);
+        s.top_p = g.top_p.unwrap_or(s.top_p);
         s.seed = self.seed;
         s.validate()?;
         if let Some(n) = self.max_tokens {
@@ -93,5 +93,68 @@ impl SamplingArgs {
         }
         o.stop_strings = self.stop.clone();
         Ok(o)
+    }
+}
+
+/// A synthetic checkpoint with a preset's exact shapes (`bench` generates its weights, `info` only its header).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SyntheticArgs {
+    /// A synthetic GPTQ checkpoint with this preset's exact shapes instead of a model: openchat-3.5 or tiny.
+    #[arg(long, value_name = "PRESET", value_parser = parse_preset)]
+    pub synthetic: Option<String>,
+    /// Synthetic: bits per weight, 4 or 8 [default: 4].
+    #[arg(long, requires = "synthetic", conflicts_with = "model", value_parser = parse_bits)]
+    pub bits: Option<u32>,
+    /// Synthetic: GPTQ group size, or -1 for one group per column [default: 128].
+    #[arg(long, requires = "synthetic", conflicts_with = "model", allow_hyphen_values = true, value_parser = parse_group_size)]
+    pub group_size: Option<i64>,
+    /// Synthetic: act-order (desc_act) g_idx, a random permutation shared by q/k/v and by gate/up.
+    #[arg(long, requires = "synthetic", conflicts_with = "model")]
+    pub act_order: bool,
+}
+
+impl SyntheticArgs {
+    /// The spec asked for (`None` without --synthetic), validated.
+    pub fn spec(&self) -> Result<Option<SyntheticSpec>> {
+        let Some(preset) = &self.synthetic else {
+            return Ok(None);
+        };
+        let base =
+            SyntheticSpec::preset(preset).with_context(|| format!("unknown preset {preset}"))?;
+        let spec = SyntheticSpec {
+            bits: self.bits.unwrap_or(4),
+            group_size: match self.group_size.unwrap_or(128) {
+                -1 => None,
+                g => Some(g as usize),
+            },
+            act_order: self.act_order,
+            ..base
+        };
+        spec.validate()?;
+        Ok(Some(spec))
+    }
+}
+
+fn parse_preset(s: &str) -> std::result::Result<String, String> {
+    match SyntheticSpec::preset(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!(
+            "unknown preset; expected one of {}",
+            synthetic::PRESETS.join(", ")
+        )),
+    }
+}
+
+fn parse_bits(s: &str) -> std::result::Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(b @ (4 | 8)) => Ok(b),
+        _ => Err("expected 4 or 8".into()),
+    }
+}
+
+fn parse_group_size(s: &str) -> std::result::Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(g) if g == -1 || g > 0 => Ok(g),
+        _ => Err("expected a positive group size (32, 64, 128, ...) or -1".into()),
     }
 }

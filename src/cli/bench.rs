@@ -10,6 +10,8 @@ use wgptq::bench::{self, BenchOptions};
 use wgptq::synthetic::{self, SyntheticSpec, WriteOptions};
 use wgptq::DeviceOptions;
 
+use super::args::SyntheticArgs;
+
 /// Arguments of `wgptq bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -24,18 +26,8 @@ pub struct BenchArgs {
     /// Hub branch, tag or commit of --model.
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
-    /// Benchmark a synthetic GPTQ checkpoint with random weights and this preset's shapes: openchat-3.5 or tiny.
-    #[arg(long, value_name = "PRESET", value_parser = parse_preset)]
-    pub synthetic: Option<String>,
-    /// Synthetic: bits per weight, 4 or 8 [default: 4].
-    #[arg(long, conflicts_with = "model", value_parser = parse_bits)]
-    pub bits: Option<u32>,
-    /// Synthetic: GPTQ group size, or -1 for one group per column [default: 128].
-    #[arg(long, conflicts_with = "model", allow_hyphen_values = true, value_parser = parse_group_size)]
-    pub group_size: Option<i64>,
-    /// Synthetic: act-order (desc_act) g_idx, a random permutation shared by q/k/v and by gate/up.
-    #[arg(long, conflicts_with = "model")]
-    pub act_order: bool,
+    #[command(flatten)]
+    pub synth: SyntheticArgs,
     /// Synthetic: keep the generated model in DIR (default: a temporary directory removed afterwards).
     #[arg(long, value_name = "DIR", conflicts_with = "model")]
     pub save: Option<PathBuf>,
@@ -80,30 +72,6 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
-pub fn parse_preset(s: &str) -> std::result::Result<String, String> {
-    match SyntheticSpec::preset(s) {
-        Some(_) => Ok(s.to_string()),
-        None => Err(format!(
-            "unknown preset; expected one of {}",
-            synthetic::PRESETS.join(", ")
-        )),
-    }
-}
-
-pub fn parse_bits(s: &str) -> std::result::Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(b @ (4 | 8)) => Ok(b),
-        _ => Err("expected 4 or 8".into()),
-    }
-}
-
-pub fn parse_group_size(s: &str) -> std::result::Result<i64, String> {
-    match s.parse::<i64>() {
-        Ok(g) if g == -1 || g > 0 => Ok(g),
-        _ => Err("expected a positive group size (32, 64, 128, ...) or -1".into()),
-    }
-}
-
 /// A generated model directory removed when dropped (unless it was asked to be kept).
 struct Generated {
     dir: PathBuf,
@@ -130,17 +98,10 @@ fn describe(spec: &SyntheticSpec) -> String {
     )
 }
 
-fn generate(args: &BenchArgs, preset: &str) -> Result<Generated> {
-    let base = SyntheticSpec::preset(preset).with_context(|| format!("unknown preset {preset}"))?;
+fn generate(args: &BenchArgs, preset: &str, spec: SyntheticSpec) -> Result<Generated> {
     let spec = SyntheticSpec {
-        bits: args.bits.unwrap_or(4),
-        group_size: match args.group_size.unwrap_or(128) {
-            -1 => None,
-            g => Some(g as usize),
-        },
-        act_order: args.act_order,
         seed: args.seed,
-        ..base
+        ..spec
     };
     let (dir, keep) = match &args.save {
         Some(d) => (d.clone(), true),
@@ -175,10 +136,10 @@ fn generate(args: &BenchArgs, preset: &str) -> Result<Generated> {
 
 /// Runs `wgptq bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let generated = match (&args.model, &args.synthetic) {
-        (_, Some(preset)) => Some(generate(&args, preset)?),
-        (Some(_), None) => None,
-        (None, None) => bail!("give --model DIR or --synthetic PRESET"),
+    let generated = match (args.synth.spec()?, &args.synth.synthetic) {
+        (Some(spec), Some(preset)) => Some(generate(&args, preset, spec)?),
+        _ if args.model.is_some() => None,
+        _ => bail!("give --model DIR or --synthetic PRESET"),
     };
     let model_dir = match (&generated, &args.model) {
         (Some(g), _) => g.dir.clone(),

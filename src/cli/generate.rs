@@ -58,13 +58,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let text = template.render(tok, &[ChatMessage::user(a.prompt.clone())], true)?;
         tok.encode(&text, false)?
     };
-    if prompt_ids.len() >= m.max_context() {
-        bail!(
-            "the prompt has {} tokens and the context holds {} (prompt + answer); shorten it or raise --max-context",
-            prompt_ids.len(),
-            m.max_context()
-        );
-    }
     let mut session = m.session(false)?;
     let mut stream = TextStream::new(&opts.stop_strings);
     let mut stdout = std::io::stdout();

@@ -16,7 +16,7 @@ use wgptq::model::{CheckpointFormat, ModelFiles};
 use wgptq::synthetic::{self, SyntheticSpec, WriteOptions};
 use wgptq::DeviceOptions;
 
-use super::bench::{parse_bits, parse_group_size, parse_preset};
+use super::args::SyntheticArgs;
 
 /// Arguments of `wgptq info`.
 #[derive(clap::Args, Debug, Clone)]
@@ -27,19 +27,9 @@ pub struct InfoArgs {
     /// Hub branch, tag or commit of --model.
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
-    /// Describe a synthetic GPTQ checkpoint with this preset's exact shapes (openchat-3.5 or tiny) instead of
-    /// a model; nothing is downloaded and no weight data is generated.
-    #[arg(long, value_name = "PRESET", value_parser = parse_preset)]
-    pub synthetic: Option<String>,
-    /// Synthetic: bits per weight, 4 or 8 [default: 4].
-    #[arg(long, requires = "synthetic", value_parser = parse_bits)]
-    pub bits: Option<u32>,
-    /// Synthetic: GPTQ group size, or -1 for one group per column [default: 128].
-    #[arg(long, requires = "synthetic", allow_hyphen_values = true, value_parser = parse_group_size)]
-    pub group_size: Option<i64>,
-    /// Synthetic: act-order (desc_act).
-    #[arg(long, requires = "synthetic")]
-    pub act_order: bool,
+    /// Describe a synthetic checkpoint (nothing is downloaded, no weight data is generated).
+    #[command(flatten)]
+    pub synth: SyntheticArgs,
     /// Context (tokens) the memory estimate is for, as `--max-context` of generate/chat.
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
@@ -74,21 +64,6 @@ impl Drop for TempModel {
     }
 }
 
-fn synthetic_spec(args: &InfoArgs, preset: &str) -> Result<SyntheticSpec> {
-    let base = SyntheticSpec::preset(preset).with_context(|| format!("unknown preset {preset}"))?;
-    let spec = SyntheticSpec {
-        bits: args.bits.unwrap_or(4),
-        group_size: match args.group_size.unwrap_or(128) {
-            -1 => None,
-            g => Some(g as usize),
-        },
-        act_order: args.act_order,
-        ..base
-    };
-    spec.validate()?;
-    Ok(spec)
-}
-
 fn spec_name(preset: &str, s: &SyntheticSpec) -> String {
     format!(
         "synthetic {preset}, {}-bit, group size {}, act-order {}",
@@ -105,8 +80,7 @@ fn describe(args: &InfoArgs, choice: &AdapterChoice) -> Result<Option<Described>
         layout,
         caps: choice.caps.clone(),
     };
-    if let Some(preset) = &args.synthetic {
-        let spec = synthetic_spec(args, preset)?;
+    if let (Some(preset), Some(spec)) = (&args.synth.synthetic, args.synth.spec()?) {
         // A header-only checkpoint (a sparse file of the full length): the real loader validates the exact
         // tensors, and their sizes are those of a written one. It has no data, so the layout is the canonical one.
         let nanos = std::time::SystemTime::now()

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// Which adapter to use.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceOptions {
-    /// Substring of the adapter name, or its index in [`list_adapters`] order; `None` = the first high-performance one.
+    /// Substring of the adapter name, or its index in [`choose_adapter`]'s `adapters` order; `None` = the first high-performance one.
     pub adapter: Option<String>,
     /// Disable subgroup kernels even where the adapter has them (tests the workgroup-memory fallback).
     pub no_subgroups: bool,
@@ -64,22 +64,12 @@ pub struct Gpu {
     pub caps: Caps,
 }
 
-/// The adapters wgpu finds, in selection order, with the features wgptq uses.
-pub fn list_adapters() -> Vec<(wgpu::AdapterInfo, wgpu::Features)> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .iter()
-        .map(|a| (a.get_info(), a.features() & USED_FEATURES))
-        .collect()
-}
-
 /// Optional features wgptq takes advantage of when an adapter has them.
 pub const USED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-/// The adapter `opts` selects among `adapters` (enumerated by `instance`, in [`list_adapters`] order): the one at
+/// The adapter `opts` selects among `adapters` (enumerated by `instance`, in [`choose_adapter`]'s `adapters` order): the one at
 /// that index, else the first whose name contains the text (case-insensitive), else with no selection wgpu's
 /// high-performance request. [`Gpu::new`] and `wgptq info` both choose through here, so they cannot disagree.
 pub fn select_adapter(
@@ -122,7 +112,7 @@ pub fn select_adapter(
     }
 }
 
-/// What [`list_adapters`] finds and which of them [`Gpu::new`] would use with these options.
+/// The adapters wgpu finds (in selection order, with the features wgptq uses) and which of them [`Gpu::new`] would use with these options.
 #[derive(Debug, Clone)]
 pub struct AdapterChoice {
     /// Every adapter, in selection order, with the features wgptq uses.

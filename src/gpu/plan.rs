@@ -268,6 +268,41 @@ pub struct Activations {
     pub dummy: wgpu::Buffer,
 }
 
+impl Activations {
+    /// Every buffer of the session except the KV cache (for memory accounting).
+    pub fn buffers(&self) -> [&wgpu::Buffer; 17] {
+        [
+            &self.step,
+            &self.tokens,
+            &self.x,
+            &self.xn,
+            &self.qkv,
+            &self.q,
+            &self.attn,
+            &self.attn_part,
+            &self.qkv_part,
+            &self.gu_part,
+            &self.res_part,
+            &self.ss,
+            &self.gate_up,
+            &self.act,
+            &self.logits,
+            &self.out_ids,
+            &self.dummy,
+        ]
+    }
+
+    /// Bytes of those buffers.
+    pub fn activation_bytes(&self) -> u64 {
+        self.buffers().iter().map(|b| b.size()).sum()
+    }
+
+    /// Bytes of the KV cache.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.iter().map(|(k, v)| k.size() + v.size()).sum()
+    }
+}
+
 /// Sizes fixed at plan time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanShape {
