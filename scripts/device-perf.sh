@@ -34,8 +34,11 @@ fi
 #    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, QB=16|32|64, SHORT_DECODE=0).
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
   envs=(); IFS=',' read -ra kv <<< "$v"; for x in "${kv[@]}"; do envs+=("WGPTQ_$x"); done
-  env "${envs[@]}" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 > "$OUT/var_$v.txt" 2>&1
+  env "${envs[@]}" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 --profile \
+    > "$OUT/var_$v.txt" 2>&1
   log "variant $v"; grep -E "^ *16 " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
+  # Per-op GPU times are steadier than tok/s (about 3% against 10% between runs): the GEMVs' lines.
+  grep -E "^  (qkv|o_proj|gate_up|down) " "$OUT/var_$v.txt" | cut -c1-80 | tee -a "$OUT/summary.txt"
 done
 if [ "${BRANCHES:-1}" = 1 ]; then
   IFS=';' read -ra BL <<< "${BRANCH_LIST:-4 32 --act-order;8 128 --act-order;8 -1 --act-order}"
