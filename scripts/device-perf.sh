@@ -16,11 +16,15 @@ if [ -n "${HF_VECTORS:-}" ]; then
   python3 scripts/hf_sampling_vectors.py --out "$FINAL/hf_sampling.json" > "$OUT/hf_vectors.txt" 2>&1
   log "HF sampling vectors"; tail -2 "$OUT/hf_vectors.txt" | tee -a "$OUT/summary.txt"
 fi
+# GPU clocks, power and temperature every 500 ms while the benchmarks run (clocks are the card's own: untouched).
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,pstate,temperature.gpu --format=csv,noheader \
+  -lms 500 > "$OUT/clocks.csv" 2>/dev/null &
+SMI=$!
 # 1. Write the 4-bit g128 act-order model and check it against PyTorch.
 $W bench --synthetic openchat-3.5 --bits 4 --group-size 128 --act-order --save $M --tokenizer-from .devdata/openchat \
   --contexts 16,4096 --prompt-lens 512 --decode-tokens 64 --runs 3 --profile --json "$OUT/b4g128.json" \
   > "$OUT/b4g128.txt" 2>&1
-log "4-bit g128 act-order (default tune)"; grep -E -A3 "^(decode|prefill|ceiling|load) " "$OUT/b4g128.txt" | head -20 | tee -a "$OUT/summary.txt"
+log "4-bit g128 act-order (default tune)"; grep -E -A3 "^(decode|prefill|ceiling|dispatch|load) " "$OUT/b4g128.txt" | head -20 | tee -a "$OUT/summary.txt"
 grep -E -A16 "^per-op profile, decode at ctx 16 " "$OUT/b4g128.txt" | cut -c1-90 | tee -a "$OUT/summary.txt"
 if [ "$STEPS" = all ]; then
   $W generate --model $M --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json --top-logprobs 5 \
@@ -34,7 +38,7 @@ fi
 #    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, QB=16|32|64, SHORT_DECODE=0).
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
   envs=(); IFS=',' read -ra kv <<< "$v"; for x in "${kv[@]}"; do envs+=("WGPTQ_$x"); done
-  env "${envs[@]}" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens 64 --runs 3 --profile \
+  env "${envs[@]}" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile \
     > "$OUT/var_$v.txt" 2>&1
   log "variant $v"; grep -E "^ *16 " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
   # Per-op GPU times are steadier than tok/s (about 3% against 10% between runs): the GEMVs' lines.
@@ -49,6 +53,9 @@ if [ "${BRANCHES:-1}" = 1 ]; then
     log "bits $1 group $2 ${3:-}"; grep -E -A1 "^(decode|prefill) " "$OUT/br_$1g$2${3:-}.txt" | head -8 | tee -a "$OUT/summary.txt"
   done
 fi
+kill $SMI 2>/dev/null
+log "SM clock MHz under load (min / median / max of samples with power > 150 W)"
+awk -F', ' '$4+0 > 150 {print $2+0}' "$OUT/clocks.csv" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[1], a[int((NR+1)/2)], a[NR], "(" NR " samples)"}' | tee -a "$OUT/summary.txt"
 rm -rf $M
 # At most 8 files come back: one archive and the summary.
 tar czf "$FINAL/results.tgz" -C "$OUT" . && cp "$OUT/summary.txt" "$FINAL/"

@@ -21,7 +21,8 @@
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (row runs per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
 // ADD (y += result: the residual epilogue; only with splits = 1), PRO (0 none, 1 RMSNorm, 2 SwiGLU),
-// UNROLL (words per load batch).
+// UNROLL (words per load batch), ABLATE (measurement only, docs/PERF.md: 1 stages no activations, 2 loads no
+// weights; the results are then meaningless).
 
 struct Params {
     k: u32,           // logical K (activation length)
@@ -117,6 +118,11 @@ fn stage(t: u32, k: u32, r1: u32, rs: f32) -> f32 {
 //#endif
 }
 
+fn load_w(i: u32) -> vec4<u32> {
+    if ({{ABLATE}}u == 2u) { return vec4<u32>(i * 0x9E3779B1u); }
+    return qweight[i];
+}
+
 // zz_j = 2^23 + z 2^(j BITS) for the 4 columns' zero points z.
 fn zero_terms(z: vec4<f32>) -> array<vec4<f32>, HP> {
     var zz: array<vec4<f32>, HP>;
@@ -169,13 +175,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var we = min(wb + per, wc1);
     var qs: array<vec4<u32>, {{UNROLL}}>;
     for (var u = 0u; u < {{UNROLL}}u; u++) {
-        if (wb + u < we) { qs[u] = qweight[(wb + u) * n4 + c4s]; }
+        if (wb + u < we) { qs[u] = load_w((wb + u) * n4 + c4s); }
     }
 
     var acc = vec4<f32>(0.0);
     for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
         for (var i = lid; i < {{XCHUNK}}u; i += {{WG}}u) {
-            xs[i] = ldexp(stage(t, c0 + i, r1, rs), -i32({{BITS}}u * (i % HP)));
+            if ({{ABLATE}}u == 1u) {
+                xs[i] = f32(i % 7u) * rs;
+            } else {
+                xs[i] = ldexp(stage(t, c0 + i, r1, rs), -i32({{BITS}}u * (i % HP)));
+            }
         }
         workgroupBarrier();
         if (c0 > r0) {
@@ -193,7 +203,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
                 if (w0 != wb || c0 > r0) {
                     for (var u = 0u; u < {{UNROLL}}u; u++) {
-                        if (w0 + u < we) { qs[u] = qweight[(w0 + u) * n4 + c4s]; }
+                        if (w0 + u < we) { qs[u] = load_w((w0 + u) * n4 + c4s); }
                     }
                 }
                 for (var u = 0u; u < {{UNROLL}}u; u++) {

@@ -434,7 +434,7 @@ fn attention_sliding_window_rolls_over_chunks_and_decode() {
 
 #[test]
 fn attention_plain_causal_gqa_head_dim_128() {
-    // No window, 8 query heads on 2 kv heads, head_dim 128 (two dims per thread), more keys than a block.
+    // No window, 8 query heads on 2 kv heads, head_dim 128.
     attention_sequence(8, 2, 128, 0, 40, &[40, 33, 1, 1, 1], 6, 1);
     attention_sequence(8, 2, 128, 0, 40, &[40, 33, 1, 1, 1], 6, 4);
 }
@@ -450,6 +450,12 @@ fn attention_split_over_many_keys_merges_partials() {
 #[test]
 fn attention_odd_head_dim_and_mha() {
     attention_sequence(3, 3, 20, 7, 6, &[6, 6, 5, 1, 1, 1, 1], 8, 2);
+}
+
+#[test]
+fn attention_widest_head_dim() {
+    // head_dim 256: 64 lanes per value row, 4 key groups.
+    attention_sequence(2, 1, 256, 0, 9, &[9, 1, 1, 1], 11, 2);
 }
 
 #[test]

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::report::{median, CeilingReport};
+use super::report::{median, CeilingReport, DispatchFloorReport};
 use crate::error::{Error, Result};
 use crate::gpu::kernels;
-use crate::gpu::{Dispatch, Gpu, Pipelines};
+use crate::gpu::{Dispatch, Gpu, Pipelines, StepParams};
 
 /// Largest buffer the bandwidth ceiling streams through.
 pub const CEILING_MAX_BYTES: u64 = 1 << 30;
@@ -51,10 +51,10 @@ impl PassTimer {
     }
 }
 
-/// Runs `reps` copies of the stream dispatch in one pass and one submit: (wall seconds, GPU seconds).
-fn time_stream(
+/// Runs `reps` copies of the dispatches `ds` in one pass and one submit: (wall seconds, GPU seconds).
+fn time_pass(
     gpu: &Gpu,
-    d: &Dispatch,
+    ds: &[&Dispatch],
     reps: u32,
     timer: Option<&PassTimer>,
 ) -> Result<(f64, Option<f64>)> {
@@ -74,7 +74,9 @@ fn time_stream(
                 }),
             });
             for _ in 0..reps {
-                d.record(&mut pass);
+                for d in ds {
+                    d.record(&mut pass);
+                }
             }
         }
         if let Some(t) = timer {
@@ -149,19 +151,19 @@ pub(crate) fn measure(gpu: &Arc<Gpu>, pipes: &Pipelines, runs: usize) -> Result<
     )?;
     let t0 = Instant::now();
     while t0.elapsed() < CEILING_WARMUP {
-        time_stream(gpu, &d, 4, None)?;
+        time_pass(gpu, &[&d], 4, None)?;
     }
     let mut best: Option<(f64, u64, u32, f64, Option<f64>)> = None;
     let mut sweep = Vec::with_capacity(grids.len());
     for threads in grids {
         let d = kernels::stream(pipes, &step, &src, &dst, n_vec4 as u32, threads as u32)?;
-        time_stream(gpu, &d, 1, None)?; // warm-up: pipeline, clocks
-        let (t1, _) = time_stream(gpu, &d, 1, None)?;
+        time_pass(gpu, &[&d], 1, None)?; // warm-up: pipeline, clocks
+        let (t1, _) = time_pass(gpu, &[&d], 1, None)?;
         let reps = ((0.02 / t1.max(1e-6)).ceil() as u32).clamp(1, 64);
         let mut wall = Vec::with_capacity(runs);
         let mut ts = Vec::with_capacity(runs);
         for _ in 0..runs {
-            let (w, g) = time_stream(gpu, &d, reps, timer.as_ref())?;
+            let (w, g) = time_pass(gpu, &[&d], reps, timer.as_ref())?;
             let bytes = size as f64 * reps as f64;
             wall.push(bytes / w / 1e9);
             if let Some(g) = g {
@@ -195,5 +197,59 @@ pub(crate) fn measure(gpu: &Arc<Gpu>, pipes: &Pipelines, runs: usize) -> Result<
         }
         .into(),
         sweep,
+    })
+}
+
+/// Dispatches per pass in [`dispatch_floor`].
+pub const FLOOR_DISPATCHES: u32 = 256;
+
+/// The fixed cost of one dispatch inside a pass (barrier, launch, drain), which every op of a step pays: chains of
+/// [`FLOOR_DISPATCHES`] small `reduce_add` dispatches (16 workgroups adding one 4096-float slab, the residual op
+/// of decode) in one pass, median of `runs` submits, GPU time per dispatch in µs. Three chains: one bind group
+/// repeated (each dispatch depends on the last), two bind groups on different buffers alternating, and
+/// `reduce_add` alternating with a one-workgroup `stream` (a pipeline switch every dispatch).
+pub(crate) fn dispatch_floor(
+    gpu: &Arc<Gpu>,
+    pipes: &Pipelines,
+    runs: usize,
+) -> Result<DispatchFloorReport> {
+    let n = 4096u32;
+    let part = gpu.storage("bench.floor.part", n as u64 * 4)?;
+    let xa = gpu.storage("bench.floor.xa", n as u64 * 4)?;
+    let xb = gpu.storage("bench.floor.xb", n as u64 * 4)?;
+    let ss = gpu.storage("bench.floor.ss", kernels::ss_blocks(n) as u64 * 4)?;
+    let dst = gpu.storage("bench.floor.dst", 256 * 4)?;
+    let step = gpu.uniform_init(
+        "bench.floor.step",
+        bytemuck::bytes_of(&StepParams {
+            n_tokens: 1,
+            ..Default::default()
+        }),
+    );
+    let a = kernels::reduce_add(pipes, &step, &part, &xa, &ss, n, 1, 1)?;
+    let b = kernels::reduce_add(pipes, &step, &part, &xb, &ss, n, 1, 1)?;
+    let s = kernels::stream(pipes, &step, &part, &dst, n / 4, 256)?;
+    let timer = gpu.caps.timestamps.then(|| PassTimer::new(gpu));
+    let chain = |ds: &[&Dispatch]| -> Result<f64> {
+        let reps = FLOOR_DISPATCHES / ds.len() as u32;
+        time_pass(gpu, ds, reps, None)?; // warm-up
+        let mut us = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (wall, ts) = time_pass(gpu, ds, reps, timer.as_ref())?;
+            us.push(ts.unwrap_or(wall) * 1e6 / (reps as usize * ds.len()) as f64);
+        }
+        Ok(median(&us))
+    };
+    Ok(DispatchFloorReport {
+        dispatches: FLOOR_DISPATCHES,
+        same_us: chain(&[&a])?,
+        alternating_us: chain(&[&a, &b])?,
+        switching_us: chain(&[&a, &s])?,
+        source: if timer.is_some() {
+            "pass timestamps"
+        } else {
+            "wall clock"
+        }
+        .into(),
     })
 }

@@ -180,6 +180,7 @@ pub fn run_with_progress(
 
     progress("measuring the streaming-read ceiling");
     let ceiling = ceiling::measure(&gpu, &model.pipes, opts.runs.max(3))?;
+    let dispatch_floor = ceiling::dispatch_floor(&gpu, &model.pipes, opts.runs.max(3))?;
 
     progress("building the session plan");
     let t = Instant::now();
@@ -335,6 +336,7 @@ pub fn run_with_progress(
         memory,
         decode_bytes_per_token: decode_bytes,
         ceiling,
+        dispatch_floor,
         prefill,
         decode,
         profile_note,

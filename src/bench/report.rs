@@ -18,6 +18,7 @@ pub struct BenchReport {
     /// Weight bytes (codes + scales + zeros + f16 head, one embedding row ignored) a decode step reads.
     pub decode_bytes_per_token: u64,
     pub ceiling: CeilingReport,
+    pub dispatch_floor: DispatchFloorReport,
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
     /// Why the per-op profile is missing, when it was asked for and could not be made.
@@ -116,6 +117,20 @@ pub struct CeilingReport {
     pub source: String,
     /// (threads, GB/s) of every grid tried.
     pub sweep: Vec<(u64, f64)>,
+}
+
+/// GPU time per dispatch of chains of small dispatches in one pass (see `dispatch_floor` in ceiling.rs).
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchFloorReport {
+    /// Dispatches in each timed pass.
+    pub dispatches: u32,
+    /// One `reduce_add` dispatch (bind group and pipeline) repeated.
+    pub same_us: f64,
+    /// Two `reduce_add` bind groups on different buffers alternating.
+    pub alternating_us: f64,
+    /// `reduce_add` alternating with a one-workgroup `stream` (a pipeline switch every dispatch).
+    pub switching_us: f64,
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -280,6 +295,16 @@ impl BenchReport {
             c.sweep.len(),
             c.threads,
             num(c.wall_gbps),
+        );
+        let f = &self.dispatch_floor;
+        let _ = writeln!(
+            s,
+            "dispatch  {} µs per dispatch in a chain of {} (one bind group), {} (two alternating), {} (two kernels alternating); {}",
+            num(f.same_us),
+            f.dispatches,
+            num(f.alternating_us),
+            num(f.switching_us),
+            f.source,
         );
         if !self.prefill.is_empty() {
             let _ = writeln!(

@@ -228,10 +228,10 @@ pub fn reduce_add(
 }
 
 /// Attention workgroup size (keys per block).
-pub const ATTN_WG: u32 = 64;
+pub const ATTN_WG: u32 = 256;
 
-/// Keys per split of decode attention (`SPLIT_KEYS` in attention.wgsl).
-pub const ATTN_SPLIT_KEYS: u32 = 256;
+/// Keys per split of decode attention (`SPLIT_KEYS` in attention.wgsl: one block).
+pub const ATTN_SPLIT_KEYS: u32 = ATTN_WG;
 
 /// Splits allocated for decode attention (flash-decoding) over a cache of `slots` keys: one per 256 keys, so a
 /// long context fills a large GPU; a step only runs the splits its keys need.
@@ -255,18 +255,13 @@ pub fn attention(
     splits: u32,
 ) -> Result<Vec<Dispatch>> {
     s.check()?;
-    let dpt = s.head_dim.div_ceil(ATTN_WG);
     let kv_bytes = (s.slots * s.n_kv * s.head_dim * 4) as u64;
     let target = if splits > 1 { partial } else { out };
     let mut d = vec![pipes.dispatch(
         pipes.key(
             Kernel::Attention,
             ATTN_WG,
-            &[
-                ("DPT", dpt),
-                ("HD", s.head_dim),
-                ("SPLIT", (splits > 1) as u32),
-            ],
+            &[("HD", s.head_dim), ("SPLIT", (splits > 1) as u32)],
         ),
         &AttnParams {
             n_heads: s.n_heads,
@@ -394,9 +389,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
     ];
     // Every head_dim AttnShape::check accepts.
     for hd in (4..=256u32).step_by(4) {
-        let dpt = hd.div_ceil(ATTN_WG);
         for split in [0, 1] {
-            let defs = [("DPT", dpt), ("HD", hd), ("SPLIT", split)];
+            let defs = [("HD", hd), ("SPLIT", split)];
             v.push(make_key(Kernel::Attention, ATTN_WG, sg, &defs));
         }
     }

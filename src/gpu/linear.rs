@@ -241,6 +241,16 @@ fn gemv_unroll() -> u32 {
         .filter(|u| GEMV_UNROLLS.contains(u))
         .unwrap_or(GEMV_UNROLL)
 }
+/// `WGPTQ_GEMV_ABLATE=1|2` builds GEMVs that skip the activation staging (1) or the weight loads (2): a
+/// measurement of what each costs (docs/PERF.md); the results are meaningless. 0 (unset) otherwise.
+fn gemv_ablate() -> u32 {
+    std::env::var("WGPTQ_GEMV_ABLATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|a| [1, 2].contains(a))
+        .unwrap_or(0)
+}
+
 /// Activation rows a GEMV workgroup stages at once.
 pub const GEMV_XCHUNKS: [u32; 2] = [2048, 4096];
 pub const GEMM_TM: u32 = 16;
@@ -347,6 +357,7 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
                 ("XCHUNK", x),
                 ("PRO", v.pro),
                 ("UNROLL", v.unroll),
+                ("ABLATE", gemv_ablate()),
             ]);
             make_key(Kernel::GptqGemv, c * k, sg, &d)
         }

@@ -392,6 +392,19 @@ impl Plan {
             None
         };
         let prefill = steps::prefill(pipes, w, &bufs, shape)?;
+        // WGPTQ_ABLATE=op[,op...] leaves those ops out of the decode lists: a measurement tool (what an op costs
+        // in place, docs/PERF.md); the tokens it produces are meaningless.
+        let (decode, decode_short) = match std::env::var("WGPTQ_ABLATE") {
+            Ok(ops) => {
+                let keep = |list: Vec<Dispatch>| -> Vec<Dispatch> {
+                    list.into_iter()
+                        .filter(|d| !ops.split([',', '+']).any(|o| o == d.op))
+                        .collect()
+                };
+                (keep(decode), decode_short.map(keep))
+            }
+            Err(_) => (decode, decode_short),
+        };
         Ok(Plan {
             shape,
             bufs,
