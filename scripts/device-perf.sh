@@ -35,12 +35,15 @@ if [ "$STEPS" = all ]; then
   log "PyTorch comparison"; tail -4 "$OUT/compare.txt" | tee -a "$OUT/summary.txt"
 fi
 # 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE[,VAR=VALUE...] for WGPTQ_ tuning
-#    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, QB=16|32|64, SHORT_DECODE=0).
+#    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, SHORT_DECODE=0, FUSE_RESIDUAL=0, ABLATE=op+op,
+#    GEMV_ABLATE=1|2), or BIN=name for another binary in .devbin.
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
-  envs=(); IFS=',' read -ra kv <<< "$v"; for x in "${kv[@]}"; do envs+=("WGPTQ_$x"); done
-  env "${envs[@]}" $W bench --model $M --contexts 16 --prompt-lens 64 --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile \
+  # BIN=name runs .devbin/name (another build carried beside the main one) instead.
+  envs=(); VW=$W; IFS=',' read -ra kv <<< "$v"
+  for x in "${kv[@]}"; do case $x in BIN=*) VW=.devbin/${x#BIN=} ;; *) envs+=("WGPTQ_$x") ;; esac; done
+  env "${envs[@]}" $VW bench --model $M --contexts 16 --prompt-lens ${VAR_PROMPT:-64} --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile \
     > "$OUT/var_$v.txt" 2>&1
-  log "variant $v"; grep -E "^ *16 " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
+  log "variant $v"; grep -E "^ *(16|${VAR_PROMPT:-64}) " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
   # Per-op GPU times are steadier than tok/s (about 3% against 10% between runs): the GEMVs' lines.
   grep -E "^  (qkv|o_proj|gate_up|down) " "$OUT/var_$v.txt" | cut -c1-80 | tee -a "$OUT/summary.txt"
 done

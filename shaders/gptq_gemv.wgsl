@@ -20,7 +20,8 @@
 //
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (row runs per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
-// ADD (y += result: the residual epilogue; only with splits = 1), PRO (0 none, 1 RMSNorm, 2 SwiGLU),
+// ADD (y += result; only with splits = 1), EPI (1: the residual epilogue below, y holding the split slabs),
+// PRO (0 none, 1 RMSNorm, 2 SwiGLU),
 // UNROLL (words per load batch), ABLATE (measurement only, docs/PERF.md: 1 stages no activations, 2 loads no
 // weights; the results are then meaningless).
 
@@ -62,13 +63,24 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 // norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
-// ss: [capacity, ss_blocks] f32, partial sums of x^2 of each row (PRO = 1), written by reduce_add
-@group(0) @binding(9) var<storage, read> ss: array<f32>;
+// ss: [capacity, ss_blocks] f32, partial sums of x^2 of each row: read by PRO = 1 (any number of blocks),
+// written by EPI = 1 (one per 32 columns of res)
+@group(0) @binding(9) var<storage, read_write> ss: array<f32>;
+// res: [capacity, N] f32, the residual stream EPI = 1 adds the result to; unused otherwise
+@group(0) @binding(10) var<storage, read_write> res: array<f32>;
+// cnt: [capacity, column blocks] u32, split-K arrivals per column block (EPI = 1, splits > 1); zero between
+// dispatches: the last arrival resets its counter
+@group(0) @binding(11) var<storage, read_write> cnt: array<atomic<u32>>;
 
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
-// xs[i] = a[c0 + i] * 2^-(BITS * (i % HP)): activations of the staged rows, pre-scaled for the code positions.
-var<workgroup> xs: array<f32, {{XCHUNK}}>;
-const HP: u32 = PF / 2u; // codes per 16-bit half-word
+// 1 when this workgroup is the last split of its column block to arrive (EPI = 1).
+var<workgroup> arrived: u32;
+// xs[i] = a[c0 + 4i + c] * 2^-(BITS * ((4i + c) % (PF / 2))) in component c: activations of the staged rows, pre-scaled
+// for the code positions, so one 16-byte read serves 4 (8-bit) or 8 (4-bit, two reads) codes of a word.
+var<workgroup> xs: array<vec4<f32>, {{XCHUNK}} / 4>;
+// The pre-scale of a staged vec4 (its rows' code positions are 0..3 for 4-bit, 0, 1, 0, 1 for 8-bit).
+const XSCALE: vec4<f32> = vec4<f32>(1.0, 1.0 / f32(1u << {{BITS}}u), 1.0 / f32(1u << ((2u * {{BITS}}u) % 16u)),
+    1.0 / f32(1u << ((3u * {{BITS}}u) % 16u)));
 
 fn group_scale(g: u32, c4: u32, n4: u32) -> vec4<f32> {
     let s = scales[g * n4 + c4];
@@ -123,31 +135,53 @@ fn load_w(i: u32) -> vec4<u32> {
     return qweight[i];
 }
 
-// zz_j = 2^23 + z 2^(j BITS) for the 4 columns' zero points z.
-fn zero_terms(z: vec4<f32>) -> array<vec4<f32>, HP> {
-    var zz: array<vec4<f32>, HP>;
-    for (var j = 0u; j < HP; j++) {
-        zz[j] = vec4<f32>(8388608.0) + z * f32(1u << (j * {{BITS}}u));
-    }
-    return zz;
+// zz_j = 2^23 + z 2^(j BITS) for the 4 columns' zero points z (z2, z3 unused for 8-bit).
+struct Zeros {
+    z0: vec4<f32>,
+    z1: vec4<f32>,
+    z2: vec4<f32>,
+    z3: vec4<f32>,
 }
 
-// sum_i a_i (q_i - z) over the PF codes of one packed word (4 columns); xb indexes its first staged row.
-fn word_dot(q: vec4<u32>, xb: u32, zz: array<vec4<f32>, HP>) -> vec4<f32> {
+fn zero_terms(z: vec4<f32>) -> Zeros {
+    let b = vec4<f32>(8388608.0);
+    return Zeros(b + z, b + z * f32(1u << {{BITS}}u), b + z * f32(1u << ((2u * {{BITS}}u) % 16u)),
+        b + z * f32(1u << ((3u * {{BITS}}u) % 16u)));
+}
+
+// Code j of each half-word as 2^23 + q_j 2^(j BITS), from its bits in place.
+fn code(q: vec4<u32>, j: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>((q & vec4<u32>(MASK << (j * {{BITS}}u))) | vec4<u32>(0x4B000000u));
+}
+
+// sum_i a_i (q_i - z) over the PF codes of one packed word (4 columns); xb indexes its first staged row (a
+// multiple of 4). Written out without loops or arrays, in two independent chains.
+fn word_dot(q: vec4<u32>, xb: u32, z: Zeros) -> vec4<f32> {
     let qh = q >> vec4<u32>(16u);
-    var d = vec4<f32>(0.0);
-    for (var j = 0u; j < HP; j++) {
-        let m = vec4<u32>(MASK << (j * {{BITS}}u));
-        let lo = bitcast<vec4<f32>>((q & m) | vec4<u32>(0x4B000000u)) - zz[j];
-        let hi = bitcast<vec4<f32>>((qh & m) | vec4<u32>(0x4B000000u)) - zz[j];
-        d += xs[xb + j] * lo;
-        d += xs[xb + HP + j] * hi;
+    let xl = xs[xb / 4u];
+    if ({{BITS}}u == 8u) {
+        // rows xb .. xb + 3: codes 0, 1 of the low half-word, then of the high one
+        var d = xl.x * (code(q, 0u) - z.z0);
+        var e = xl.z * (code(qh, 0u) - z.z0);
+        d += xl.y * (code(q, 1u) - z.z1);
+        e += xl.w * (code(qh, 1u) - z.z1);
+        return d + e;
     }
-    return d;
+    let xh = xs[xb / 4u + 1u];
+    var d = xl.x * (code(q, 0u) - z.z0);
+    var e = xh.x * (code(qh, 0u) - z.z0);
+    d += xl.y * (code(q, 1u) - z.z1);
+    e += xh.y * (code(qh, 1u) - z.z1);
+    d += xl.z * (code(q, 2u) - z.z2);
+    e += xh.z * (code(qh, 2u) - z.z2);
+    d += xl.w * (code(q, 3u) - z.z3);
+    e += xh.w * (code(qh, 3u) - z.z3);
+    return d + e;
 }
 
 @compute @workgroup_size({{WG}})
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
     let c4l = lid % {{COLS4}}u;
     let ks = lid / {{COLS4}}u;
     let n4 = p.n / 4u;
@@ -163,8 +197,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var rs = 1.0;
     if ({{PRO}}u == 1u) {
         var ssum = 0.0;
-        for (var b = 0u; b < p.ss_blocks; b++) { ssum += ss[t * p.ss_blocks + b]; }
-        rs = inverseSqrt(ssum / f32(p.k) + p.eps);
+        for (var b = lid; b < p.ss_blocks; b += {{WG}}u) { ssum += ss[t * p.ss_blocks + b]; }
+        rs = inverseSqrt(wg_sum(ssum, lid) / f32(p.k) + p.eps);
     }
 
     // This thread's packed rows of the first chunk, and the prefetch of its first batch.
@@ -180,11 +214,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var acc = vec4<f32>(0.0);
     for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
-        for (var i = lid; i < {{XCHUNK}}u; i += {{WG}}u) {
+        // Four rows per thread and pass, their gathers independent of each other.
+        for (var i = lid; i < {{XCHUNK}}u / 4u; i += {{WG}}u) {
             if ({{ABLATE}}u == 1u) {
-                xs[i] = f32(i % 7u) * rs;
+                xs[i] = vec4<f32>(f32(i % 7u) * rs);
             } else {
-                xs[i] = ldexp(stage(t, c0 + i, r1, rs), -i32({{BITS}}u * (i % HP)));
+                let k = c0 + 4u * i;
+                xs[i] = vec4<f32>(stage(t, k, r1, rs), stage(t, k + 1u, r1, rs), stage(t, k + 2u, r1, rs),
+                    stage(t, k + 3u, r1, rs)) * XSCALE;
             }
         }
         workgroupBarrier();
@@ -230,13 +267,69 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (ks < s) { partial[lid] += partial[lid + s * {{COLS4}}u]; }
         workgroupBarrier();
     }
+    var r = vec4<f32>(0.0);
+    if (ks == 0u) { r = partial[lid]; }
+//#if EPI
+    residual_epilogue(r, lid, ks, live, c4, split, t, wid.x, nwg.x);
+//#else
     if (ks == 0u && live) {
-        let r = partial[lid];
         let o = (split * p.cap + t) * p.y_stride + p.y_col0 + 4u * c4;
 //#if ADD
         y[o] += r.x; y[o + 1u] += r.y; y[o + 2u] += r.z; y[o + 3u] += r.w;
 //#else
         y[o] = r.x; y[o + 1u] = r.y; y[o + 2u] = r.z; y[o + 3u] = r.w;
 //#endif
+    }
+//#endif
+}
+
+// EPI = 1: res[t, cols] += the result, and ss[t, b] = sum of res^2 over each 32 columns b of this block, for the
+// next fused RMSNorm. With split-K every split writes its slab of y, and the last to arrive (counted in cnt,
+// ordered by device-scope barriers) adds the slabs up in split order, so the sum is deterministic. This folds
+// what reduce_add did into the matmul: one dispatch fewer per residual.
+fn residual_epilogue(r0: vec4<f32>, lid: u32, ks: u32, live: bool, c4: u32, split: u32, t: u32, blk: u32,
+                     blocks: u32) {
+    var r = r0;
+    if (p.splits > 1u) {
+        if (ks == 0u && live) {
+            let o = (split * p.cap + t) * p.y_stride + 4u * c4;
+            y[o] = r.x; y[o + 1u] = r.y; y[o + 2u] = r.z; y[o + 3u] = r.w;
+        }
+        storageBarrier();
+        if (lid == 0u) {
+            let c = t * blocks + blk;
+            var last = 0u;
+            if (atomicAdd(&cnt[c], 1u) + 1u == p.splits) {
+                atomicStore(&cnt[c], 0u);
+                last = 1u;
+            }
+            arrived = last;
+        }
+        if (workgroupUniformLoad(&arrived) == 0u) { return; }
+        storageBarrier();
+        if (ks == 0u && live) {
+            r = vec4<f32>(0.0);
+            for (var s = 0u; s < MAX_SLABS; s++) {
+                if (s < p.splits) {
+                    let o = (s * p.cap + t) * p.y_stride + 4u * c4;
+                    r += vec4<f32>(y[o], y[o + 1u], y[o + 2u], y[o + 3u]);
+                }
+            }
+        }
+    }
+    var sq = 0.0;
+    if (ks == 0u && live) {
+        let o = t * p.n + 4u * c4;
+        let v = vec4<f32>(res[o], res[o + 1u], res[o + 2u], res[o + 3u]) + r;
+        res[o] = v.x; res[o + 1u] = v.y; res[o + 2u] = v.z; res[o + 3u] = v.w;
+        sq = dot(v, v);
+    }
+    red_f32[lid] = sq;
+    workgroupBarrier();
+    if (lid < {{COLS4}}u / 8u) {
+        var s = 0.0;
+        for (var i = 0u; i < 8u; i++) { s += red_f32[8u * lid + i]; }
+        let b = blk * ({{COLS4}}u / 8u) + lid;
+        if (b < p.ss_blocks) { ss[t * p.ss_blocks + b] = s; }
     }
 }

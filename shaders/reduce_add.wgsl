@@ -1,4 +1,4 @@
-// Residual add of split-K partial slabs: x[t, i] += sum_s part[s, t, i], and for each block of WG columns its sum
+// Residual add of split-K partial slabs: x[t, i] += sum_s part[s, t, i], and for each block of 32 columns its sum
 // of squares ss[t, block], from which the next GEMV's fused RMSNorm prologue gets 1 / rms (deterministically, no
 // atomics). With splits = 0 it only computes ss (after the embedding). Many workgroups, one column per thread:
 // single-workgroup reductions are latency-bound on large GPUs.
@@ -7,7 +7,7 @@ struct Params {
     n: u32,       // row length H
     splits: u32,  // partial slabs to add (at most MAX_SLABS)
     cap: u32,     // capacity rows per slab
-    blocks: u32,  // column blocks per row = ceil(n / WG): the stride of ss
+    blocks: u32,  // 32-column blocks per row = ceil(n / 32): the stride of ss
 }
 
 const MAX_SLABS: u32 = 16u;
@@ -35,6 +35,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         if (p.splits > 0u) { x[t * p.n + i] = v; }
     }
-    let total = wg_sum(v * v, lid);
-    if (lid == 0u) { ss[t * p.blocks + wid.x] = total; }
+    // Sums of squares per 32 columns (SS_COLS in src/gpu/kernels.rs).
+    red_f32[lid] = v * v;
+    workgroupBarrier();
+    if (lid < {{WG}}u / 32u) {
+        var total = 0.0;
+        for (var c = 0u; c < 32u; c++) { total += red_f32[32u * lid + c]; }
+        let b = wid.x * ({{WG}}u / 32u) + lid;
+        if (b < p.blocks) { ss[t * p.blocks + b] = total; }
+    }
 }

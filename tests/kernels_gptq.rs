@@ -7,7 +7,7 @@ mod common;
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wgptq::gpu::linear::{self, GpuLinear, LinearMode, Prologue};
+use wgptq::gpu::linear::{self, Epilogue, GpuLinear, LinearMode, Prologue};
 use wgptq::gpu::{ops, StepParams};
 use wgptq::model::{CheckpointFormat, QuantConfig};
 use wgptq::prep::{self, GptqTensors};
@@ -147,6 +147,10 @@ struct Run {
     /// GEMV split-K: output partial slabs (summed here) and input slabs (SwiGLU over split gate|up).
     splits: u32,
     x_splits: u32,
+    /// The decode residual epilogue (GEMV): the slabs are added into a residual stream by the last split of
+    /// each column block, which also writes the 32-column sums of squares; run twice, so the arrival counters
+    /// must come back to zero.
+    residual: bool,
 }
 
 fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
@@ -158,6 +162,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         tune,
         splits,
         x_splits,
+        residual,
     } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
@@ -266,21 +271,70 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         splits,
         x_splits,
     };
-    let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue)
+    let ss_cols = wgptq::gpu::kernels::SS_COLS as usize;
+    let blocks = case.n.div_ceil(ss_cols);
+    let resb = gpu
+        .storage_init("res", bytemuck::cast_slice(&resid))
+        .unwrap();
+    let ss_out = gpu
+        .storage_init("ss_out", bytemuck::cast_slice(&vec![f32::NAN; t * blocks]))
+        .unwrap();
+    let counters = gpu.storage("counters", (t * case.n) as u64).unwrap();
+    let got: Vec<f32> = if residual {
+        let epi = Epilogue::Residual {
+            x: &resb,
+            ss: &ss_out,
+            counters: &counters,
+        };
+        let d = linear::linear_dispatches_epi(
+            &pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue, epi,
+        )
         .expect("dispatch");
-    ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
-    let slabs_out: Vec<f32> = bytemuck::pod_collect_to_vec(
-        &gpu.read(&yb, 0, (out_slabs * t * case.n * 4) as u64)
-            .unwrap(),
-    );
-    // Every slab element must be written (NaN poison), and the slabs add up to the result.
-    let got: Vec<f32> = (0..t * case.n)
-        .map(|i| (0..out_slabs).map(|s| slabs_out[s * t * case.n + i]).sum())
-        .collect();
+        for _ in 0..2 {
+            ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
+        }
+        let cnt: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&gpu.read(&counters, 0, (t * case.n) as u64).unwrap());
+        assert!(
+            cnt.iter().all(|&c| c == 0),
+            "arrival counters left at {cnt:?}"
+        );
+        bytemuck::pod_collect_to_vec(&gpu.read(&resb, 0, (t * case.n * 4) as u64).unwrap())
+    } else {
+        let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue)
+            .expect("dispatch");
+        ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
+        let slabs_out: Vec<f32> = bytemuck::pod_collect_to_vec(
+            &gpu.read(&yb, 0, (out_slabs * t * case.n * 4) as u64)
+                .unwrap(),
+        );
+        // Every slab element must be written (NaN poison), and the slabs add up to the result.
+        (0..t * case.n)
+            .map(|i| (0..out_slabs).map(|s| slabs_out[s * t * case.n + i]).sum())
+            .collect()
+    };
+    if residual {
+        // Every 32-column block's sum of squares of the new residual (NaN poison: each one written).
+        let ss: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&gpu.read(&ss_out, 0, (t * blocks * 4) as u64).unwrap());
+        for tt in 0..t {
+            for b in 0..blocks {
+                let cols = tt * case.n + b * ss_cols..tt * case.n + ((b + 1) * ss_cols).min(case.n);
+                let want: f64 = got[cols].iter().map(|v| (*v as f64).powi(2)).sum();
+                let g = ss[tt * blocks + b] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-5 * want + 1e-6,
+                    "ss[{tt}, {b}] = {g}, want {want} ({run:?})"
+                );
+            }
+        }
+    }
+    // The residual epilogue ran twice: x + 2 y.
+    let times = if residual { 2.0 } else { 1.0 };
     let mut bad = Vec::new();
     for tt in 0..t {
         for c in 0..case.n {
-            let mut want = if add {
+            let mut want = if add || residual {
                 resid[tt * case.n + c] as f64
             } else {
                 0.0
@@ -288,8 +342,8 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
             let mut mag = 0.0;
             for kk in 0..case.k {
                 let p = x[tt * case.k + kk] as f64 * case.dense[c * case.k + kk];
-                want += p;
-                mag += p.abs();
+                want += times * p;
+                mag += times * p.abs();
             }
             let g = got[tt * case.n + c] as f64;
             // f32 accumulation in another order: error grows with the sum of |terms|.
@@ -366,14 +420,56 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             tune,
             splits,
             x_splits,
+            residual: false,
         };
         run_case(&case, run, &mut rng);
+        // The residual epilogue where decode uses it: after a GEMV with no prologue (o) or SwiGLU (down).
+        if !gemm && !run.add && pro != 1 {
+            let run = Run {
+                residual: true,
+                ..run
+            };
+            run_case(&case, run, &mut rng);
+        }
     }
 }
 
 #[test]
 fn gptq_gemv_matches_reference() {
     sweep(false, &[1, 2, 1, 3], 7);
+}
+
+#[test]
+fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
+    let mut rng = StdRng::seed_from_u64(19);
+    // n = 264: 66 column quads over several column blocks (the last one partly dead) and a short last 32-column
+    // block; up to the 16 slabs the epilogue adds.
+    for (bits, pro, splits, tune) in [(4, 0, 16, (16, 16)), (8, 2, 7, (8, 32)), (4, 2, 2, (64, 4))]
+    {
+        let case = make_case(
+            &mut rng,
+            Spec {
+                k: 1024,
+                n: 264,
+                bits,
+                group: Some(128),
+                g: GIdx::ActOrder,
+                sym: bits == 4,
+                format: CheckpointFormat::V1,
+            },
+        );
+        let run = Run {
+            t: 1,
+            gemm: false,
+            add: false,
+            pro,
+            tune: Some(tune),
+            splits,
+            x_splits: 1 + pro / 2,
+            residual: true,
+        };
+        run_case(&case, run, &mut rng);
+    }
 }
 
 #[test]

@@ -491,20 +491,21 @@ fn reduce_add_sums_slabs_and_block_sums_of_squares() {
             1e-5,
             1e-5,
         );
+        // One sum of squares per SS_COLS columns (the last block partial), every one written.
         let got_ss = read_f32(&gpu, &ss, t * blocks);
+        let cols = kernels::SS_COLS as usize;
         for r in 0..t {
-            let want: f64 = want_x[r * n..(r + 1) * n]
-                .iter()
-                .map(|v| (*v as f64).powi(2))
-                .sum();
-            let got: f64 = got_ss[r * blocks..(r + 1) * blocks]
-                .iter()
-                .map(|v| *v as f64)
-                .sum();
-            assert!(
-                (got - want).abs() <= 1e-5 * want,
-                "row {r}: sum of squares {got}, want {want}"
-            );
+            for b in 0..blocks {
+                let want: f64 = want_x[r * n + b * cols..r * n + ((b + 1) * cols).min(n)]
+                    .iter()
+                    .map(|v| (*v as f64).powi(2))
+                    .sum();
+                let got = got_ss[r * blocks + b] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * want,
+                    "row {r} block {b}: sum of squares {got}, want {want}"
+                );
+            }
         }
     }
     // More than 16 slabs is refused, not silently truncated.

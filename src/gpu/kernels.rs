@@ -186,9 +186,13 @@ pub fn rope_kv(
     )
 }
 
-/// Column blocks of a row of `n` in reduce_add's sum of squares (the `ss` stride).
+/// Columns per partial sum of squares in `ss` (reduce_add and the GEMV residual epilogue write them; the fused
+/// RMSNorm prologue adds them up).
+pub const SS_COLS: u32 = 32;
+
+/// Partial sums of squares per row of `n` (the `ss` stride).
 pub fn ss_blocks(n: u32) -> u32 {
-    n.div_ceil(ROW_WG)
+    n.div_ceil(SS_COLS)
 }
 
 /// x [cap, n] += the `splits` slabs of `part` [splits, cap, n] (at most 16); ss [cap, ss_blocks(n)] = sums of x^2

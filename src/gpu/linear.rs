@@ -233,13 +233,18 @@ pub const GEMV_TUNES: [(u32, u32); 6] = [(16, 16), (32, 8), (8, 32), (64, 4), (8
 /// `WGPTQ_UNROLL` may pick (benchmarking); all validated by naga in the tests.
 pub const GEMV_UNROLL: u32 = 4;
 pub const GEMV_UNROLLS: [u32; 3] = [1, 4, 8];
+/// Words per thread up to which a GEMV loads one word at a time: on the H100 the short runs of the small
+/// projections (q|k|v, o: 8-12 words per thread) ran 10-15% faster with UNROLL = 1, the long ones (gate|up: 43)
+/// 25% slower (docs/PERF.md, runs 18-19).
+pub const GEMV_SHORT_RUN: u32 = 16;
 
-fn gemv_unroll() -> u32 {
+/// Words per load batch for a GEMV whose threads each read `words` packed words (`WGPTQ_UNROLL` overrides).
+fn gemv_unroll(words: u32) -> u32 {
     std::env::var("WGPTQ_UNROLL")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|u| GEMV_UNROLLS.contains(u))
-        .unwrap_or(GEMV_UNROLL)
+        .unwrap_or(if words <= GEMV_SHORT_RUN { 1 } else { GEMV_UNROLL })
 }
 /// `WGPTQ_GEMV_ABLATE=1|2` builds GEMVs that skip the activation staging (1) or the weight loads (2): a
 /// measurement of what each costs (docs/PERF.md); the results are meaningless. 0 (unset) otherwise.
@@ -336,6 +341,8 @@ pub struct GptqVariant {
     pub pro: u32,
     /// Words per load batch (GEMV only).
     pub unroll: u32,
+    /// GEMV only: the residual epilogue ([`Epilogue::Residual`]).
+    pub epi: bool,
 }
 
 pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
@@ -357,6 +364,7 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
                 ("XCHUNK", x),
                 ("PRO", v.pro),
                 ("UNROLL", v.unroll),
+                ("EPI", v.epi as u32),
                 ("ABLATE", gemv_ablate()),
             ]);
             make_key(Kernel::GptqGemv, c * k, sg, &d)
@@ -408,16 +416,25 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                     let unrolls: &[u32] = if gemv.is_some() { &GEMV_UNROLLS } else { &[0] };
                     for &pro in pros {
                         for &unroll in unrolls {
-                            let var = GptqVariant {
-                                bits,
-                                perm: b(0),
-                                zero_buf: b(1),
-                                add,
-                                gemv,
-                                pro,
-                                unroll,
+                            // The residual epilogue follows the o (no prologue) and down (SwiGLU) GEMVs.
+                            let epis: &[bool] = if gemv.is_some() && !add && pro != 1 {
+                                &[false, true]
+                            } else {
+                                &[false]
                             };
-                            v.push(gptq_key(&var, sg));
+                            for &epi in epis {
+                                let var = GptqVariant {
+                                    bits,
+                                    perm: b(0),
+                                    zero_buf: b(1),
+                                    add,
+                                    gemv,
+                                    pro,
+                                    unroll,
+                                    epi,
+                                };
+                                v.push(gptq_key(&var, sg));
+                            }
                         }
                     }
                 }
@@ -428,6 +445,22 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         v.push(f16_key(flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, sg));
     }
     v
+}
+
+/// What a GPTQ GEMV does with its result.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// y (+)= the result, or its split-K slabs for a consumer to add up.
+    Store,
+    /// The decode residual: y holds the split-K slabs, and the last split of each column block to finish adds
+    /// them into `x` ([capacity, N] f32, the residual stream) and writes `ss` ([capacity, ss_blocks(N)] f32, sums
+    /// of x² per 32 columns) for the next fused RMSNorm. `counters` ([capacity, N / 4] u32, zero-initialised)
+    /// count the splits' arrivals and are left at zero.
+    Residual {
+        x: &'a wgpu::Buffer,
+        ss: &'a wgpu::Buffer,
+        counters: &'a wgpu::Buffer,
+    },
 }
 
 /// Dispatches computing y (+)= x Wᵀ for `lin`. `dummy` is bound where a kernel variant reads nothing.
@@ -442,7 +475,38 @@ pub fn linear_dispatches(
     mode: LinearMode,
     pro: Prologue<'_>,
 ) -> Result<Vec<Dispatch>> {
+    linear_dispatches_epi(pipes, step, lin, x, y, dummy, mode, pro, Epilogue::Store)
+}
+
+/// [`linear_dispatches`] with an epilogue other than a plain store (GPTQ GEMV only).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dispatches_epi(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    lin: &GpuLinear,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    dummy: &wgpu::Buffer,
+    mode: LinearMode,
+    pro: Prologue<'_>,
+    epi: Epilogue<'_>,
+) -> Result<Vec<Dispatch>> {
+    let residual = matches!(epi, Epilogue::Residual { .. });
+    if residual
+        && (mode.gemm || mode.add || matches!(pro, Prologue::RmsNorm { .. }) || mode.y_col0 != 0)
+    {
+        return Err(Error::Gpu {
+            op: "gptq gemv".into(),
+            reason: format!(
+                "the residual epilogue is a plain decode-GEMV feature, not for {mode:?}"
+            ),
+        });
+    }
     match lin {
+        GpuLinear::F16(_) if residual => Err(Error::Gpu {
+            op: "linear_f16".into(),
+            reason: "the f16 matmul has no residual epilogue; plan reduce_add".into(),
+        }),
         GpuLinear::Gptq(g) => {
             if mode.gemm && !matches!(pro, Prologue::None) {
                 return Err(Error::Gpu {
@@ -479,8 +543,9 @@ pub fn linear_dispatches(
                 split_rows,
                 cap: mode.capacity,
                 x_splits: mode.x_splits,
-                ss_blocks: match pro {
-                    Prologue::RmsNorm { ss_blocks, .. } => ss_blocks,
+                ss_blocks: match (pro, epi) {
+                    (Prologue::RmsNorm { ss_blocks, .. }, _) => ss_blocks,
+                    (_, Epilogue::Residual { .. }) => super::kernels::ss_blocks(g.n as u32),
                     _ => 0,
                 },
                 _pad: [0; 2],
@@ -497,7 +562,11 @@ pub fn linear_dispatches(
                 add: mode.add,
                 gemv,
                 pro: pro.code(),
-                unroll: gemv_unroll(),
+                unroll: match gemv {
+                    Some((_, ksplit, _)) => gemv_unroll((split_rows / pf as u32).div_ceil(ksplit)),
+                    None => GEMV_UNROLL,
+                },
+                epi: residual,
             };
             let key = gptq_key(&var, pipes.gpu.caps.subgroup_size);
             let n4 = (g.n / 4) as u32;
@@ -507,18 +576,25 @@ pub fn linear_dispatches(
             };
             let perm = g.perm.as_ref().unwrap_or(dummy);
             let zeros = g.zeros.as_ref().unwrap_or(dummy);
+            let rw = &pipes.dummy_rw;
             let (norm_w, ss) = match pro {
                 Prologue::RmsNorm { weight, ss, .. } => (weight, ss),
-                _ => (dummy, dummy),
+                _ => (dummy, if gemv.is_some() { rw } else { dummy }),
             };
-            Ok(vec![pipes.dispatch(
-                key,
-                &params,
-                step,
-                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w, ss],
-                groups,
-                g.bytes,
-            )?])
+            let (res, ss, counters) = match epi {
+                Epilogue::Residual { x, ss, counters } => (x, ss, counters),
+                Epilogue::Store => (rw, ss, rw),
+            };
+            let buffers: &[&wgpu::Buffer] = if gemv.is_some() {
+                &[
+                    x, perm, &g.qweight, &g.scales, zeros, y, norm_w, ss, res, counters,
+                ]
+            } else {
+                &[x, perm, &g.qweight, &g.scales, zeros, y, norm_w, ss]
+            };
+            Ok(vec![
+                pipes.dispatch(key, &params, step, buffers, groups, g.bytes)?
+            ])
         }
         GpuLinear::F16(f) => {
             if !matches!(pro, Prologue::None) {

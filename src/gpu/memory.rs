@@ -371,6 +371,7 @@ pub fn estimate(files: &ModelFiles, opts: &EstimateOptions) -> Result<MemoryEsti
         + f32s(s_gu * 2 * inter)
         + f32s(s_o.max(s_down) * h)
         + f32s(chunk * ss_blocks(h as u32) as usize)
+        + f32s(h / 4) // residual epilogue counters
         + f32s(chunk * 2 * inter) // gate_up
         + f32s(chunk * inter) // act
         + f32s(c.vocab_size) // logits

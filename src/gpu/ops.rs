@@ -53,13 +53,23 @@ pub struct Compiled {
 pub struct Pipelines {
     pub gpu: Arc<Gpu>,
     cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
+    /// Bound to writable bindings a kernel variant does not use (a buffer bound read-only elsewhere in the same
+    /// dispatch cannot be).
+    pub dummy_rw: wgpu::Buffer,
 }
 
 impl Pipelines {
     pub fn new(gpu: Arc<Gpu>) -> Self {
+        let dummy_rw = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy_rw"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Pipelines {
             gpu,
             cache: Mutex::new(HashMap::new()),
+            dummy_rw,
         }
     }
 

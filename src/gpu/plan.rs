@@ -254,6 +254,8 @@ pub struct Activations {
     pub res_part: wgpu::Buffer,
     /// [capacity, ss_blocks(hidden)] f32: block sums of x^2 (the fused RMSNorm prologue's input)
     pub ss: wgpu::Buffer,
+    /// [hidden / 4] u32: split-K arrival counters of the decode residual epilogue (zero between dispatches)
+    pub counters: wgpu::Buffer,
     /// [capacity, 2 I] f32
     pub gate_up: wgpu::Buffer,
     /// [capacity, I] f32
@@ -270,7 +272,7 @@ pub struct Activations {
 
 impl Activations {
     /// Every buffer of the session except the KV cache (for memory accounting).
-    pub fn buffers(&self) -> [&wgpu::Buffer; 17] {
+    pub fn buffers(&self) -> [&wgpu::Buffer; 18] {
         [
             &self.step,
             &self.tokens,
@@ -284,6 +286,7 @@ impl Activations {
             &self.gu_part,
             &self.res_part,
             &self.ss,
+            &self.counters,
             &self.gate_up,
             &self.act,
             &self.logits,
@@ -375,6 +378,7 @@ impl Plan {
             )?,
             res_part: gpu.storage("res_part", f32s(splits.o.max(splits.down) as usize * h))?,
             ss: gpu.storage("ss", f32s(cap * kernels::ss_blocks(h as u32) as usize))?,
+            counters: gpu.storage("counters", f32s(h / 4))?,
             gate_up: gpu.storage("gate_up", f32s(cap * 2 * c.intermediate_size))?,
             act: gpu.storage("act", f32s(cap * c.intermediate_size))?,
             logits: gpu.storage("logits", f32s(logit_rows * c.vocab_size))?,
@@ -392,18 +396,18 @@ impl Plan {
             None
         };
         let prefill = steps::prefill(pipes, w, &bufs, shape)?;
-        // WGPTQ_ABLATE=op[,op...] leaves those ops out of the decode lists: a measurement tool (what an op costs
-        // in place, docs/PERF.md); the tokens it produces are meaningless.
-        let (decode, decode_short) = match std::env::var("WGPTQ_ABLATE") {
+        // WGPTQ_ABLATE=op[+op...] leaves those ops out of the decode and prefill lists: a measurement tool (what
+        // an op costs in place, docs/PERF.md); the tokens it produces are meaningless.
+        let (decode, decode_short, prefill) = match std::env::var("WGPTQ_ABLATE") {
             Ok(ops) => {
                 let keep = |list: Vec<Dispatch>| -> Vec<Dispatch> {
                     list.into_iter()
                         .filter(|d| !ops.split([',', '+']).any(|o| o == d.op))
                         .collect()
                 };
-                (keep(decode), decode_short.map(keep))
+                (keep(decode), decode_short.map(keep), keep(prefill))
             }
-            Err(_) => (decode, decode_short),
+            Err(_) => (decode, decode_short, prefill),
         };
         Ok(Plan {
             shape,

@@ -80,7 +80,8 @@ impl Kernel {
         match self {
             Kernel::Embed => &[U, U, R, R, W],
             Kernel::RmsNorm => &[U, U, R, R, W],
-            Kernel::GptqGemv | Kernel::GptqGemm => &[U, U, R, R, R, R, R, W, R, R],
+            Kernel::GptqGemv => &[U, U, R, R, R, R, R, W, R, W, W, W],
+            Kernel::GptqGemm => &[U, U, R, R, R, R, R, W, R, R],
             Kernel::LinearF16 => &[U, U, R, R, W],
             Kernel::Rope => &[U, U, R, R, W, W, W],
             Kernel::Attention => &[U, U, R, R, R, W],

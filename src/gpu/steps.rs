@@ -10,7 +10,7 @@
 
 use super::context::Caps;
 use super::kernels::{self, AttnShape};
-use super::linear::{self, gemv_splits, GpuLinear, LinearMode, Prologue};
+use super::linear::{self, gemv_splits, Epilogue, GpuLinear, LinearMode, Prologue};
 use super::ops::{Dispatch, Pipelines};
 use super::plan::{Activations, GpuWeights, PlanShape};
 use crate::error::Result;
@@ -193,23 +193,7 @@ pub fn decode(
         };
         let mut m = LinearMode::new(1, false, h);
         m.splits = s_o;
-        d.extend(named(
-            linear::linear_dispatches(
-                pipes,
-                step,
-                &l.o,
-                &b.attn,
-                &b.res_part,
-                &b.dummy,
-                m,
-                Prologue::None,
-            )?,
-            "o_proj",
-        ));
-        d.push(
-            kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, s_o, 1)?
-                .named("residual"),
-        );
+        residual_linear(&mut d, pipes, b, &l.o, &b.attn, m, Prologue::None, "o_proj")?;
         // The SwiGLU prologue of a GPTQ down adds up split-K gate|up slabs; any f16 matmul here means no split.
         let down_gptq = matches!(l.down, GpuLinear::Gptq(_));
         let s_gu = if down_gptq
@@ -247,17 +231,60 @@ pub fn decode(
         let mut m = LinearMode::new(1, false, h);
         m.splits = s_down;
         m.x_splits = x_splits;
-        d.extend(named(
-            linear::linear_dispatches(pipes, step, &l.down, down_x, &b.res_part, &b.dummy, m, pro)?,
-            "down",
-        ));
-        d.push(
-            kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, s_down, 1)?
-                .named("residual"),
-        );
+        residual_linear(&mut d, pipes, b, &l.down, down_x, m, pro, "down")?;
     }
     head(&mut d, pipes, w, b, 1, true)?;
     Ok(d)
+}
+
+/// `x += input Wᵀ` in decode, leaving the block sums of squares in `ss` for the next fused RMSNorm: a GPTQ
+/// matmul does it in its epilogue (the last split-K workgroup of each column block adds the slabs up), an f16
+/// one writes slabs that `reduce_add` adds.
+#[allow(clippy::too_many_arguments)]
+fn residual_linear(
+    d: &mut Vec<Dispatch>,
+    pipes: &Pipelines,
+    b: &Activations,
+    lin: &GpuLinear,
+    input: &wgpu::Buffer,
+    m: LinearMode,
+    pro: Prologue,
+    op: &'static str,
+) -> Result<()> {
+    let h = m.y_stride;
+    // WGPTQ_FUSE_RESIDUAL=0 plans reduce_add instead (benchmarking the difference).
+    let fuse = std::env::var("WGPTQ_FUSE_RESIDUAL").map_or(true, |v| v != "0");
+    if fuse && matches!(lin, GpuLinear::Gptq(_)) {
+        let epi = Epilogue::Residual {
+            x: &b.x,
+            ss: &b.ss,
+            counters: &b.counters,
+        };
+        d.extend(named(
+            linear::linear_dispatches_epi(
+                pipes,
+                &b.step,
+                lin,
+                input,
+                &b.res_part,
+                &b.dummy,
+                m,
+                pro,
+                epi,
+            )?,
+            op,
+        ));
+    } else {
+        d.extend(named(
+            linear::linear_dispatches(pipes, &b.step, lin, input, &b.res_part, &b.dummy, m, pro)?,
+            op,
+        ));
+        d.push(
+            kernels::reduce_add(pipes, &b.step, &b.res_part, &b.x, &b.ss, h, m.splits, 1)?
+                .named("residual"),
+        );
+    }
+    Ok(())
 }
 
 /// Final norm, lm_head (the step's last row, or every row) and, for the last row, the GPU argmax.
