@@ -37,7 +37,12 @@ fn keys() -> Vec<KernelKey> {
         }
     }
     for split in [0, 1] {
-        v.push(make_key(Kernel::Attention, 256, sg, &[("HD", 128), ("SPLIT", split)]));
+        v.push(make_key(
+            Kernel::Attention,
+            256,
+            sg,
+            &[("HD", 128), ("SPLIT", split)],
+        ));
     }
     v.push(make_key(Kernel::Rope, 256, sg, &[]));
     v.push(make_key(Kernel::ReduceAdd, 256, sg, &[]));
@@ -57,7 +62,8 @@ fn spirv(key: &KernelKey) -> Result<Vec<u32>, String> {
     let options = naga::back::spv::Options {
         lang_version: (1, 6),
         bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
-        zero_initialize_workgroup_memory: naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
+        zero_initialize_workgroup_memory:
+            naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
         force_loop_bounding: false,
         ..Default::default()
     };
@@ -76,14 +82,20 @@ fn text(bytes: &[std::ffi::c_char]) -> String {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "pipeline-stats".into()));
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "pipeline-stats".into()),
+    );
     std::fs::create_dir_all(&out)?;
     // SAFETY: plain Vulkan calls on objects created here, in order, destroyed at process exit.
     unsafe {
         let entry = ash::Entry::load()?;
         let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
-        let instance =
-            entry.create_instance(&vk::InstanceCreateInfo::default().application_info(&app), None)?;
+        let instance = entry.create_instance(
+            &vk::InstanceCreateInfo::default().application_info(&app),
+            None,
+        )?;
         let pdevs = instance.enumerate_physical_devices()?;
         let pdev = *pdevs
             .iter()
@@ -107,8 +119,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let exts = [ash::khr::pipeline_executable_properties::NAME.as_ptr()];
         let mut exec = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
             .pipeline_executable_info(true);
-        let mut v13 =
-            vk::PhysicalDeviceVulkan13Features::default().shader_zero_initialize_workgroup_memory(true);
+        let mut v13 = vk::PhysicalDeviceVulkan13Features::default()
+            .shader_zero_initialize_workgroup_memory(true);
         let device = instance.create_device(
             pdev,
             &vk::DeviceCreateInfo::default()
@@ -166,19 +178,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR
                         | vk::PipelineCreateFlags::CAPTURE_INTERNAL_REPRESENTATIONS_KHR,
                 );
-            let pipeline = match device.create_compute_pipelines(vk::PipelineCache::null(), &[info], None)
-            {
-                Ok(p) => p[0],
-                Err((_, e)) => {
-                    println!("  pipeline: {e}");
-                    continue;
-                }
-            };
+            let pipeline =
+                match device.create_compute_pipelines(vk::PipelineCache::null(), &[info], None) {
+                    Ok(p) => p[0],
+                    Err((_, e)) => {
+                        println!("  pipeline: {e}");
+                        continue;
+                    }
+                };
             let execs = pep.get_pipeline_executable_properties(
                 &vk::PipelineInfoKHR::default().pipeline(pipeline),
             )?;
             for (i, ex) in execs.iter().enumerate() {
-                println!("  executable {i}: {} (subgroup {})", text(&ex.name), ex.subgroup_size);
+                println!(
+                    "  executable {i}: {} (subgroup {})",
+                    text(&ex.name),
+                    ex.subgroup_size
+                );
                 let ei = vk::PipelineExecutableInfoKHR::default()
                     .pipeline(pipeline)
                     .executable_index(i as u32);
@@ -192,10 +208,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("    {} = {v}", text(&s.name));
                 }
                 // Two calls: sizes first, then the data.
-                let fp = pep.fp().get_pipeline_executable_internal_representations_khr;
+                let fp = pep
+                    .fp()
+                    .get_pipeline_executable_internal_representations_khr;
                 let mut count = 0u32;
                 let _ = fp(device.handle(), &ei, &mut count, std::ptr::null_mut());
-                let mut reps = vec![vk::PipelineExecutableInternalRepresentationKHR::default(); count as usize];
+                let mut reps = vec![
+                    vk::PipelineExecutableInternalRepresentationKHR::default();
+                    count as usize
+                ];
                 let _ = fp(device.handle(), &ei, &mut count, reps.as_mut_ptr());
                 let mut bufs: Vec<Vec<u8>> = reps.iter().map(|r| vec![0u8; r.data_size]).collect();
                 for (r, b) in reps.iter_mut().zip(bufs.iter_mut()) {
@@ -203,14 +224,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let _ = fp(device.handle(), &ei, &mut count, reps.as_mut_ptr());
                 for (j, (r, b)) in reps.iter().zip(&bufs).enumerate() {
-                    let name = format!("{n:02}_{i}_{j}_{}.txt", text(&r.name).replace([' ', '/'], "_"));
+                    let name = format!(
+                        "{n:02}_{i}_{j}_{}.txt",
+                        text(&r.name).replace([' ', '/'], "_")
+                    );
                     let body = if r.is_text != 0 {
-                        String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(&[])).into_owned()
+                        String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(&[]))
+                            .into_owned()
                     } else {
                         format!("({} bytes of binary)", b.len())
                     };
                     std::fs::write(out.join(&name), format!("{}\n{}", key.label(), body))?;
-                    println!("    representation {}: {} bytes -> {name}", text(&r.name), b.len());
+                    println!(
+                        "    representation {}: {} bytes -> {name}",
+                        text(&r.name),
+                        b.len()
+                    );
                 }
             }
         }

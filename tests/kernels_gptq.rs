@@ -151,6 +151,8 @@ struct Run {
     /// each column block, which also writes the 32-column sums of squares; run twice, so the arrival counters
     /// must come back to zero.
     residual: bool,
+    /// GEMM: the input gathered into the prepared order by `kernels::gather` first (`pre_permuted`).
+    gathered: bool,
 }
 
 fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
@@ -163,6 +165,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         splits,
         x_splits,
         residual,
+        gathered,
     } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
@@ -270,7 +273,38 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         tune,
         splits,
         x_splits,
+        pre_permuted: gathered,
     };
+    // The gathered input: [t, kp] in the prepared order, poisoned first so unwritten rows show.
+    let gathered_x = gpu
+        .storage_init(
+            "x_prepared",
+            bytemuck::cast_slice(&vec![f32::NAN; t * prepared.kp.max(1)]),
+        )
+        .unwrap();
+    let (xb, gather) = match (&lin, gathered) {
+        // g_idx in order needs no permutation: nothing to gather.
+        (GpuLinear::Gptq(g), true) if g.perm.is_none() => return,
+        (GpuLinear::Gptq(g), true) => {
+            let perm = g.perm.as_ref().expect("checked above");
+            let d = wgptq::gpu::kernels::gather(
+                &pipes,
+                &stepb,
+                &xb,
+                perm,
+                &gathered_x,
+                g.kp as u32,
+                case.k as u32,
+                t as u32,
+            )
+            .expect("gather");
+            (&gathered_x, Some(d))
+        }
+        _ => (&xb, None),
+    };
+    if let Some(g) = &gather {
+        ops::run(&gpu, &[g]).expect("gather run");
+    }
     let ss_cols = wgptq::gpu::kernels::SS_COLS as usize;
     let blocks = case.n.div_ceil(ss_cols);
     let resb = gpu
@@ -287,7 +321,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
             counters: &counters,
         };
         let d = linear::linear_dispatches_epi(
-            &pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue, epi,
+            &pipes, &stepb, &lin, xb, &yb, &dummy, mode, prologue, epi,
         )
         .expect("dispatch");
         for _ in 0..2 {
@@ -301,7 +335,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         );
         bytemuck::pod_collect_to_vec(&gpu.read(&resb, 0, (t * case.n * 4) as u64).unwrap())
     } else {
-        let d = linear::linear_dispatches(&pipes, &stepb, &lin, &xb, &yb, &dummy, mode, prologue)
+        let d = linear::linear_dispatches(&pipes, &stepb, &lin, xb, &yb, &dummy, mode, prologue)
             .expect("dispatch");
         ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
         let slabs_out: Vec<f32> = bytemuck::pod_collect_to_vec(
@@ -421,8 +455,17 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             splits,
             x_splits,
             residual: false,
+            gathered: false,
         };
         run_case(&case, run, &mut rng);
+        // The prefill path for act-order checkpoints: gather, then the GEMM on the prepared order.
+        if gemm && case.g_idx.is_some() {
+            let run = Run {
+                gathered: true,
+                ..run
+            };
+            run_case(&case, run, &mut rng);
+        }
         // The residual epilogue where decode uses it: after a GEMV with no prologue (o) or SwiGLU (down).
         if !gemm && !run.add && pro != 1 {
             let run = Run {
@@ -467,6 +510,7 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
             splits,
             x_splits: 1 + pro / 2,
             residual: true,
+            gathered: false,
         };
         run_case(&case, run, &mut rng);
     }
@@ -474,7 +518,8 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
 
 #[test]
 fn gptq_gemm_matches_reference() {
-    sweep(true, &[5, 17, 40, 16, 1], 11);
+    // Up to three token tiles of the GEMM (64 tokens each), partial ones included.
+    sweep(true, &[5, 17, 130, 16, 1, 70], 11);
 }
 
 #[test]

@@ -237,6 +237,7 @@ fn f16_matmul_chunks_and_last_row() {
             tune: None,
             splits: 1,
             x_splits: 1,
+            pre_permuted: false,
         };
         let d =
             linear::linear_dispatches(&pipes, &step, &lin, &xb, &y, &dummy, mode, Prologue::None)

@@ -300,6 +300,33 @@ pub fn attention(
     Ok(d)
 }
 
+/// x [cap, x_stride] → out [cap, kp] with out[t, k] = x[t, perm[k]] (0 where perm[k] = u32::MAX).
+#[allow(clippy::too_many_arguments)]
+pub fn gather(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    perm: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    kp: u32,
+    x_stride: u32,
+    capacity: u32,
+) -> Result<Dispatch> {
+    pipes.dispatch(
+        pipes.key(Kernel::Gather, EW_WG, &[]),
+        &P4 {
+            a: kp,
+            b: x_stride,
+            c: 0,
+            d: 0,
+        },
+        step,
+        &[x, perm, out],
+        [kp.div_ceil(EW_WG), capacity, 1],
+        (kp * 12) as u64,
+    )
+}
+
 /// gate_up [cap, 2 I] → act [cap, I].
 pub fn silu_mul(
     pipes: &Pipelines,
@@ -390,6 +417,7 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
+        make_key(Kernel::Gather, EW_WG, sg, &[]),
     ];
     // Every head_dim AttnShape::check accepts.
     for hd in (4..=256u32).step_by(4) {

@@ -181,6 +181,9 @@ pub struct LinearMode {
     pub splits: u32,
     /// Partial slabs the input is made of (the SwiGLU prologue reading a split-K gate|up); 1 otherwise.
     pub x_splits: u32,
+    /// GEMM only: x is already in the prepared row order ([capacity, kp], written by `kernels::gather`), so the
+    /// act-order permutation is not applied again.
+    pub pre_permuted: bool,
 }
 
 impl LinearMode {
@@ -196,6 +199,7 @@ impl LinearMode {
             tune: None,
             splits: 1,
             x_splits: 1,
+            pre_permuted: false,
         }
     }
 }
@@ -244,7 +248,11 @@ fn gemv_unroll(words: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|u| GEMV_UNROLLS.contains(u))
-        .unwrap_or(if words <= GEMV_SHORT_RUN { 1 } else { GEMV_UNROLL })
+        .unwrap_or(if words <= GEMV_SHORT_RUN {
+            1
+        } else {
+            GEMV_UNROLL
+        })
 }
 /// `WGPTQ_GEMV_ABLATE=1|2` builds GEMVs that skip the activation staging (1) or the weight loads (2): a
 /// measurement of what each costs (docs/PERF.md); the results are meaningless. 0 (unset) otherwise.
@@ -258,9 +266,12 @@ fn gemv_ablate() -> u32 {
 
 /// Activation rows a GEMV workgroup stages at once.
 pub const GEMV_XCHUNKS: [u32; 2] = [2048, 4096];
-pub const GEMM_TM: u32 = 16;
+/// Prefill GEMM tile: GEMM_TM tokens x 4 GEMM_COLS4 columns per workgroup, GEMM_KT prepared rows per step.
+pub const GEMM_TM: u32 = 64;
 pub const GEMM_COLS4: u32 = 16;
 pub const GEMM_KT: u32 = 32;
+/// Threads of a GEMM workgroup: each owns 4 tokens x 4 columns.
+pub const GEMM_WG: u32 = GEMM_TM / 4 * GEMM_COLS4;
 pub const F16_ROWS: u32 = 4;
 pub const F16_LANES: u32 = 64;
 
@@ -355,7 +366,7 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
     match v.gemv {
         None => {
             d.extend([("TM", GEMM_TM), ("COLS4", GEMM_COLS4), ("KT", GEMM_KT)]);
-            make_key(Kernel::GptqGemm, GEMM_TM * GEMM_COLS4, sg, &d)
+            make_key(Kernel::GptqGemm, GEMM_WG, sg, &d)
         }
         Some((c, k, x)) => {
             d.extend([
@@ -514,7 +525,14 @@ pub fn linear_dispatches_epi(
                     reason: "the prefill GEMM has no fused prologue; plan a separate op".into(),
                 });
             }
+            if mode.pre_permuted && !mode.gemm {
+                return Err(Error::Gpu {
+                    op: "gptq gemv".into(),
+                    reason: "a pre-permuted input is a prefill-GEMM feature".into(),
+                });
+            }
             let x_stride = match pro {
+                _ if mode.pre_permuted => g.kp as u32,
                 Prologue::SwiGlu => 2 * g.k as u32,
                 _ => g.k as u32,
             };
@@ -557,7 +575,7 @@ pub fn linear_dispatches_epi(
             };
             let var = GptqVariant {
                 bits: g.bits,
-                perm: g.perm.is_some(),
+                perm: g.perm.is_some() && !mode.pre_permuted,
                 zero_buf: g.zeros.is_some(),
                 add: mode.add,
                 gemv,

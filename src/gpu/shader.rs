@@ -21,10 +21,11 @@ pub enum Kernel {
     ReduceAdd,
     Argmax,
     Stream,
+    Gather,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
@@ -37,6 +38,7 @@ impl Kernel {
         Kernel::ReduceAdd,
         Kernel::Argmax,
         Kernel::Stream,
+        Kernel::Gather,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Kernel {
             Kernel::ReduceAdd => "reduce_add.wgsl",
             Kernel::Argmax => "argmax.wgsl",
             Kernel::Stream => "stream.wgsl",
+            Kernel::Gather => "gather.wgsl",
         }
     }
 
@@ -70,6 +73,7 @@ impl Kernel {
             Kernel::ReduceAdd => include_str!("../../shaders/reduce_add.wgsl"),
             Kernel::Argmax => include_str!("../../shaders/argmax.wgsl"),
             Kernel::Stream => include_str!("../../shaders/stream.wgsl"),
+            Kernel::Gather => include_str!("../../shaders/gather.wgsl"),
         }
     }
 
@@ -88,6 +92,7 @@ impl Kernel {
             Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
             Kernel::Argmax | Kernel::ReduceAdd => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
+            Kernel::Gather => &[U, U, R, R, W],
         }
     }
 }

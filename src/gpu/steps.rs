@@ -367,8 +367,45 @@ pub fn prefill(
             let mut m = LinearMode::new(cap, true, stride);
             m.y_col0 = col0;
             m.add = add;
+            // Act-order: gather x into the prepared order first, into a buffer free at this point (act for
+            // inputs of width hidden, gate_up for down's), so the GEMM's loads are coalesced.
+            let mut input = x;
+            if let GpuLinear::Gptq(g) = lin {
+                let scratch = if std::ptr::eq(x, &b.act) {
+                    &b.gate_up
+                } else {
+                    &b.act
+                };
+                let width = scratch.size() / 4 / cap as u64;
+                if let Some(perm) = g.perm.as_ref().filter(|_| g.kp as u64 <= width) {
+                    d.push(
+                        kernels::gather(
+                            pipes,
+                            &b.step,
+                            x,
+                            perm,
+                            scratch,
+                            g.kp as u32,
+                            g.k as u32,
+                            cap,
+                        )?
+                        .named(op),
+                    );
+                    m.pre_permuted = true;
+                    input = scratch;
+                }
+            }
             d.extend(named(
-                linear::linear_dispatches(pipes, &b.step, lin, x, y, &b.dummy, m, Prologue::None)?,
+                linear::linear_dispatches(
+                    pipes,
+                    &b.step,
+                    lin,
+                    input,
+                    y,
+                    &b.dummy,
+                    m,
+                    Prologue::None,
+                )?,
                 op,
             ));
         }
