@@ -26,18 +26,31 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let i = step.pos0 + t;
     let lo = window_start(i, p.window);
     let used = min((i + 1u - lo + 255u) / 256u, p.splits);
+    // The split loops run in chunks of a constant 8 (guarded), so each chunk's loads issue together.
     var m = -3.4e38;
-    for (var s = 0u; s < used; s++) { m = max(m, part[base + s * (d + 2u) + d]); }
+    for (var s0 = 0u; s0 < used; s0 += 8u) {
+        for (var j = 0u; j < 8u; j++) {
+            if (s0 + j < used) { m = max(m, part[base + (s0 + j) * (d + 2u) + d]); }
+        }
+    }
     var l = 0.0;
-    for (var s = 0u; s < used; s++) {
-        let o = base + s * (d + 2u);
-        l += exp(part[o + d] - m) * part[o + d + 1u];
+    for (var s0 = 0u; s0 < used; s0 += 8u) {
+        for (var j = 0u; j < 8u; j++) {
+            if (s0 + j < used) {
+                let o = base + (s0 + j) * (d + 2u);
+                l += exp(part[o + d] - m) * part[o + d + 1u];
+            }
+        }
     }
     for (var e = lid; e < d; e += {{WG}}u) {
         var a = 0.0;
-        for (var s = 0u; s < used; s++) {
-            let o = base + s * (d + 2u);
-            a += exp(part[o + d] - m) * part[o + e];
+        for (var s0 = 0u; s0 < used; s0 += 8u) {
+            for (var j = 0u; j < 8u; j++) {
+                if (s0 + j < used) {
+                    let o = base + (s0 + j) * (d + 2u);
+                    a += exp(part[o + d] - m) * part[o + e];
+                }
+            }
         }
         out[(t * p.n_heads + h) * d + e] = a / l;
     }

@@ -1,5 +1,5 @@
 // Act-order gather for the prefill GEMM: out[t, k] = x[t, perm[k]] (0 for padding rows), so the GEMM stages its
-// activations with coalesced loads instead of one scattered load per element per column tile (run 21,
+// activations with coalesced loads instead of one scattered load per element per column tile (runs 22-24,
 // docs/PERF.md: the scattered staging held the prefill GEMM at 5 TFLOP/s on the H100).
 
 struct Params {

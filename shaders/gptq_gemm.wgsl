@@ -4,7 +4,7 @@
 // transposed, so a thread reads 4 tokens' activations of one row in one 16-byte load.
 // Thread layout: COLS4 column quads x WG / COLS4 token quads; a thread owns 4 columns of 4 token rows (16
 // accumulators), so each pair of 16-byte workgroup-memory reads feeds 16 FMAs (the one-row-per-thread version
-// fed 4 and ran at 5 TFLOP/s on the H100; 8 rows per thread ran slower than 4: docs/PERF.md, runs 23-25).
+// fed 4 and ran at 5 TFLOP/s on the H100; 8 rows per thread ran slower than 4: docs/PERF.md, runs 23 and 26).
 //
 // Defines: BITS, TM (= 4 WG / COLS4), COLS4, KT (multiple of 32 / BITS), WG, PERM, ZERO_BUF, ADD (as
 // gptq_gemv.wgsl).

@@ -446,6 +446,9 @@ fn attention_split_over_many_keys_merges_partials() {
     let steps = [100, 100, 100, 100, 100, 100, 100, 1, 1, 1];
     attention_sequence(4, 1, 32, 0, 100, &steps, 9, 3);
     attention_sequence(4, 2, 32, 300, 100, &steps, 10, 2);
+    // 9 splits: the combine op's split loops run over more than one chunk of 8.
+    let steps = [300, 300, 300, 300, 300, 300, 300, 1, 1];
+    attention_sequence(2, 1, 16, 0, 300, &steps, 13, 9);
 }
 
 #[test]

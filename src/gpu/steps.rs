@@ -1,12 +1,14 @@
 //! The op lists of the two step shapes, built once per session by [`super::plan::Plan`].
 //!
 //! Decode (one token) is bandwidth-bound, so its GPTQ matmuls are split-K GEMVs with fused prologues: RMSNorm
-//! (the row's sum of squares comes in block sums `ss`, written by the `reduce_add` that last changed x) and
-//! SwiGLU; their partial slabs are summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up,
-//! `reduce_add` for the residual).
-//! Per layer: qkv, rope+kv, attention (+ combine), o, reduce_add, gate|up, down, reduce_add.
-//! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs with separate RMSNorm and SiLU·mul ops and residual
-//! epilogues.
+//! (the row's sum of squares comes in 32-column block sums `ss`, written by whoever last changed x) and SwiGLU;
+//! their partial slabs are summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up), and
+//! for o and down by the GEMV's own residual epilogue (the last split of each column block adds them into x and
+//! writes `ss`), so every dispatch is one the GPU has to wait for anyway.
+//! Per layer (6 dispatches, 7 with split attention): qkv, rope+kv, attention (+ combine), o+residual, gate|up,
+//! down+residual. f16 linears fall back to `reduce_add` for the residual.
+//! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs (act-order inputs gathered into the prepared order
+//! first) with separate RMSNorm and SiLU·mul ops and residual epilogues.
 
 use super::context::Caps;
 use super::kernels::{self, AttnShape};
