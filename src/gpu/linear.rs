@@ -321,7 +321,7 @@ pub fn gemv_tune(caps: &super::context::Caps, tune: Option<(u32, u32)>) -> Resul
     Ok((c, k, xchunk))
 }
 
-/// Split-K factor of a decode GEMV over `kp` prepared rows and `n` columns: enough workgroups (about `target`,
+/// Split-K factor of a decode GEMV over `kp` prepared rows and `n` columns: enough workgroups (nearest `target`,
 /// 256 on discrete GPUs, `WGPTQ_SPLITK_TARGET` overrides) to fill the device, at least 256 rows per split, at
 /// most 16 splits; 1 on CPU adapters.
 pub fn gemv_splits(caps: &super::context::Caps, kp: usize, n: usize) -> u32 {
@@ -335,8 +335,12 @@ pub fn gemv_splits(caps: &super::context::Caps, kp: usize, n: usize) -> u32 {
     let (c, _, _) =
         gemv_tune(caps, None).unwrap_or((GEMV_TUNES[0].0, GEMV_TUNES[0].1, GEMV_XCHUNKS[0]));
     let blocks = (n / 4).div_ceil(c as usize).max(1);
-    // At most 16: the consumers add slabs in loops of 16 (MAX_SLABS in the shaders).
-    target.div_ceil(blocks).clamp(1, 16).min((kp / 256).max(1)) as u32
+    // The split count whose grid is nearest the target (gate|up on the H100: 2 splits, 224 workgroups, ran 12%
+    // faster than 3 splits, 336; docs/PERF.md runs 29-30). At most 16: the consumers add slabs in loops of 16
+    // (MAX_SLABS in the shaders).
+    ((target + blocks / 2) / blocks)
+        .clamp(1, 16)
+        .min((kp / 256).max(1)) as u32
 }
 
 /// One GPTQ kernel variant (pure data: the planner's choice and the naga test's enumeration agree).
