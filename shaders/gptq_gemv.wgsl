@@ -107,10 +107,11 @@ fn x_at(t: u32, i: u32) -> f32 {
     return v;
 }
 
-// Activation of input index `src` for token row `t`, after the prologue.
-fn act(t: u32, src: u32, rs: f32) -> f32 {
+// Activation of input index `src` for token row `t`, after the prologue (RMSNorm without its 1 / rms, which
+// scales the finished sums).
+fn act(t: u32, src: u32) -> f32 {
     if ({{PRO}}u == 1u) {
-        return x[t * p.x_stride + src] * norm_w[src] * rs;
+        return x[t * p.x_stride + src] * norm_w[src];
     } else if ({{PRO}}u == 2u) {
         let g = x_at(t, src);
         return g / (1.0 + exp(-g)) * x_at(t, p.k + src);
@@ -119,14 +120,14 @@ fn act(t: u32, src: u32, rs: f32) -> f32 {
 }
 
 // Staged activation of prepared row k (0 past the split's end and for padding rows).
-fn stage(t: u32, k: u32, r1: u32, rs: f32) -> f32 {
+fn stage(t: u32, k: u32, r1: u32) -> f32 {
     if (k >= r1) { return 0.0; }
 //#if PERM
     let src = perm[k];
     if (src == 0xffffffffu) { return 0.0; }
-    return act(t, src, rs);
+    return act(t, src);
 //#else
-    return act(t, k, rs);
+    return act(t, k);
 //#endif
 }
 
@@ -194,13 +195,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let c4s = min(c4, n4 - 1u); // a valid column for loads of dead lanes (their result is discarded)
     let r0 = split * p.split_rows;
     let r1 = min(r0 + p.split_rows, p.kp);
-    var rs = 1.0;
-    if ({{PRO}}u == 1u) {
-        var ssum = 0.0;
-        for (var b = lid; b < p.ss_blocks; b += {{WG}}u) { ssum += ss[t * p.ss_blocks + b]; }
-        rs = inverseSqrt(wg_sum(ssum, lid) / f32(p.k) + p.eps);
-    }
-
     // This thread's packed rows of the first chunk, and the prefetch of its first batch.
     var wc0 = r0 / PF;
     var wc1 = min(r0 + {{XCHUNK}}u, r1) / PF;
@@ -217,11 +211,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // Four rows per thread and pass, their gathers independent of each other.
         for (var i = lid; i < {{XCHUNK}}u / 4u; i += {{WG}}u) {
             if ({{ABLATE}}u == 1u) {
-                xs[i] = vec4<f32>(f32(i % 7u) * rs);
+                xs[i] = vec4<f32>(f32(i % 7u));
             } else {
                 let k = c0 + 4u * i;
-                xs[i] = vec4<f32>(stage(t, k, r1, rs), stage(t, k + 1u, r1, rs), stage(t, k + 2u, r1, rs),
-                    stage(t, k + 3u, r1, rs)) * XSCALE;
+                xs[i] = vec4<f32>(stage(t, k, r1), stage(t, k + 1u, r1), stage(t, k + 2u, r1),
+                    stage(t, k + 3u, r1)) * XSCALE;
             }
         }
         workgroupBarrier();
@@ -260,6 +254,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             acc += group_scale(g_cur, c4s, n4) * aq;
         }
         workgroupBarrier();
+    }
+    // RMSNorm's 1 / rms is one factor per token, so it scales the finished sums: the staging does not wait
+    // for the row's sums of squares.
+    if ({{PRO}}u == 1u) {
+        var ssum = 0.0;
+        for (var b = lid; b < p.ss_blocks; b += {{WG}}u) { ssum += ss[t * p.ss_blocks + b]; }
+        acc *= inverseSqrt(wg_sum(ssum, lid) / f32(p.k) + p.eps);
     }
     partial[lid] = acc;
     workgroupBarrier();
