@@ -1,0 +1,240 @@
+//! Kernel shapes and variants of the linear layers: the tuning choices (GEMV workgroup shape, split-K, unroll,
+//! GEMM tile) and the typed keys they specialise the shaders with. Kept apart from the dispatch builders so the
+//! naga test can enumerate exactly what the planner may ask for, and the tuning rules sit with their evidence.
+
+use super::super::context::Caps;
+use super::super::ops::make_key;
+use super::super::shader::{Kernel, KernelKey};
+use crate::error::{Error, Result};
+
+/// GEMV workgroup shapes the planner may choose, as (column quads, K slices); each is validated by naga in the
+/// tests. The first is the portable default; `WGPTQ_GEMV=COLS4xKSPLIT` picks another (benchmarking).
+pub const GEMV_TUNES: [(u32, u32); 6] = [(16, 16), (32, 8), (8, 32), (64, 4), (8, 64), (16, 32)];
+/// Packed weight words a GEMV thread loads per batch (kept in registers): the default and the choices
+/// `WGPTQ_UNROLL` may pick (benchmarking); all validated by naga in the tests.
+pub const GEMV_UNROLL: u32 = 4;
+pub const GEMV_UNROLLS: [u32; 3] = [1, 4, 8];
+/// Words per thread up to which a GEMV loads one word at a time: on the H100 the short runs of the small
+/// projections (q|k|v, o: 8-12 words per thread) ran 10-15% faster with UNROLL = 1, the long ones (gate|up: 43)
+/// 25% slower (docs/PERF.md, runs 18-19).
+pub const GEMV_SHORT_RUN: u32 = 16;
+
+/// Words per load batch for a GEMV whose threads each read `words` packed words (`WGPTQ_UNROLL` overrides).
+pub(super) fn gemv_unroll(words: u32) -> u32 {
+    std::env::var("WGPTQ_UNROLL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|u| GEMV_UNROLLS.contains(u))
+        .unwrap_or(if words <= GEMV_SHORT_RUN {
+            1
+        } else {
+            GEMV_UNROLL
+        })
+}
+/// `WGPTQ_GEMV_ABLATE=1|2` builds GEMVs that skip the activation staging (1) or the weight loads (2): a
+/// measurement of what each costs (docs/PERF.md); the results are meaningless. 0 (unset) otherwise.
+fn gemv_ablate() -> u32 {
+    std::env::var("WGPTQ_GEMV_ABLATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|a| [1, 2].contains(a))
+        .unwrap_or(0)
+}
+
+/// Activation rows a GEMV workgroup stages at once.
+pub const GEMV_XCHUNKS: [u32; 2] = [2048, 4096];
+/// Prefill GEMM tile: GEMM_TM tokens x 4 GEMM_COLS4 columns per workgroup, GEMM_KT prepared rows per step.
+pub const GEMM_TM: u32 = 64;
+pub const GEMM_COLS4: u32 = 16;
+pub const GEMM_KT: u32 = 32;
+/// Threads of a GEMM workgroup: each owns 4 tokens x 4 columns.
+pub const GEMM_WG: u32 = GEMM_TM / 4 * GEMM_COLS4;
+pub const F16_ROWS: u32 = 4;
+pub const F16_LANES: u32 = 64;
+
+/// The GEMV shape for this device: (cols4, ksplit, xchunk).
+pub fn gemv_tune(caps: &Caps, tune: Option<(u32, u32)>) -> Result<(u32, u32, u32)> {
+    let (c, k) = match std::env::var("WGPTQ_GEMV") {
+        _ if tune.is_some_and(|t| GEMV_TUNES.contains(&t)) => tune.unwrap_or(GEMV_TUNES[0]),
+        Ok(v) => {
+            let parsed = v
+                .split_once('x')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+            match parsed {
+                Some(t) if GEMV_TUNES.contains(&t) => t,
+                _ => {
+                    return Err(Error::InvalidArgument {
+                        name: "WGPTQ_GEMV".into(),
+                        value: v,
+                        reason: format!("expected one of {GEMV_TUNES:?} written as COLS4xKSPLIT"),
+                    })
+                }
+            }
+        }
+        // (64, 4): the best shape on the H100 in 3 of 4 runs, 179 tok/s against 168 for (32, 8) on average
+        // (docs/PERF.md, runs 10-13).
+        Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => (64, 4),
+        Err(_) => GEMV_TUNES[0],
+    };
+    // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations must fit.
+    let fixed = c * k * 20;
+    let xchunk = GEMV_XCHUNKS
+        .iter()
+        .rev()
+        .copied()
+        .find(|x| fixed + x * 4 <= caps.max_workgroup_storage)
+        .ok_or_else(|| Error::DeviceLimit {
+            what: "GEMV workgroup memory".into(),
+            needed: (fixed + GEMV_XCHUNKS[0] * 4) as u64,
+            limit: caps.max_workgroup_storage as u64,
+        })?;
+    if c * k > caps.max_invocations {
+        return Err(Error::DeviceLimit {
+            what: "GEMV workgroup size".into(),
+            needed: (c * k) as u64,
+            limit: caps.max_invocations as u64,
+        });
+    }
+    Ok((c, k, xchunk))
+}
+
+/// Split-K factor of a decode GEMV over `kp` prepared rows and `n` columns: enough workgroups (nearest `target`,
+/// 256 on discrete GPUs, `WGPTQ_SPLITK_TARGET` overrides) to fill the device, at least 256 rows per split, at
+/// most 16 splits; 1 on CPU adapters.
+pub fn gemv_splits(caps: &Caps, kp: usize, n: usize) -> u32 {
+    if caps.is_cpu {
+        return 1;
+    }
+    let target: usize = std::env::var("WGPTQ_SPLITK_TARGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let (c, _, _) =
+        gemv_tune(caps, None).unwrap_or((GEMV_TUNES[0].0, GEMV_TUNES[0].1, GEMV_XCHUNKS[0]));
+    let blocks = (n / 4).div_ceil(c as usize).max(1);
+    // The split count whose grid is nearest the target (gate|up on the H100: 2 splits, 224 workgroups, ran 12%
+    // faster than 3 splits, 336; docs/PERF.md runs 29-30). At most 16: the consumers add slabs in loops of 16
+    // (MAX_SLABS in the shaders).
+    ((target + blocks / 2) / blocks)
+        .clamp(1, 16)
+        .min((kp / 256).max(1)) as u32
+}
+
+/// One GPTQ kernel variant (pure data: the planner's choice and the naga test's enumeration agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GptqVariant {
+    pub bits: u32,
+    pub perm: bool,
+    pub zero_buf: bool,
+    pub add: bool,
+    /// `None` = tiled GEMM (prefill); else the GEMV (cols4, ksplit, xchunk).
+    pub gemv: Option<(u32, u32, u32)>,
+    /// Prologue code (GEMV only): 0 none, 1 RMSNorm, 2 SwiGLU.
+    pub pro: u32,
+    /// Words per load batch (GEMV only).
+    pub unroll: u32,
+    /// GEMV only: the residual epilogue ([`Epilogue::Residual`]).
+    pub epi: bool,
+}
+
+pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
+    let mut d = vec![
+        ("BITS", v.bits),
+        ("PERM", v.perm as u32),
+        ("ZERO_BUF", v.zero_buf as u32),
+        ("ADD", v.add as u32),
+    ];
+    match v.gemv {
+        None => {
+            d.extend([("TM", GEMM_TM), ("COLS4", GEMM_COLS4), ("KT", GEMM_KT)]);
+            make_key(Kernel::GptqGemm, GEMM_WG, sg, &d)
+        }
+        Some((c, k, x)) => {
+            d.extend([
+                ("COLS4", c),
+                ("KSPLIT", k),
+                ("XCHUNK", x),
+                ("PRO", v.pro),
+                ("UNROLL", v.unroll),
+                ("EPI", v.epi as u32),
+                ("ABLATE", gemv_ablate()),
+            ]);
+            make_key(Kernel::GptqGemv, c * k, sg, &d)
+        }
+    }
+}
+
+/// The f16 matmul shape (rows per workgroup, lanes per row): GPUs split each row over 64 lanes and reduce; CPU
+/// adapters (lavapipe), where workgroup barriers are expensive, give each thread a whole row.
+pub fn f16_shape(is_cpu: bool) -> (u32, u32) {
+    if is_cpu {
+        (64, 1)
+    } else {
+        (F16_ROWS, F16_LANES)
+    }
+}
+
+/// The f16 matmul variant.
+pub fn f16_key(last_only: bool, add: bool, is_cpu: bool, sg: Option<u32>) -> KernelKey {
+    let (rows, lanes) = f16_shape(is_cpu);
+    make_key(
+        Kernel::LinearF16,
+        rows * lanes,
+        sg,
+        &[
+            ("ROWS", rows),
+            ("LANES", lanes),
+            ("LAST_ONLY", last_only as u32),
+            ("ADD", add as u32),
+        ],
+    )
+}
+
+/// Every variant [`linear_dispatches`] can produce.
+pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
+    let mut shapes: Vec<Option<(u32, u32, u32)>> = vec![None];
+    for (c, k) in GEMV_TUNES {
+        for x in GEMV_XCHUNKS {
+            shapes.push(Some((c, k, x)));
+        }
+    }
+    let mut v = Vec::new();
+    for bits in [4, 8] {
+        for flags in 0..4u32 {
+            let b = |i: u32| flags & (1 << i) != 0;
+            for add in [false, true] {
+                for &gemv in &shapes {
+                    let pros: &[u32] = if gemv.is_some() { &[0, 1, 2] } else { &[0] };
+                    let unrolls: &[u32] = if gemv.is_some() { &GEMV_UNROLLS } else { &[0] };
+                    for &pro in pros {
+                        for &unroll in unrolls {
+                            // The residual epilogue follows the o (no prologue) and down (SwiGLU) GEMVs.
+                            let epis: &[bool] = if gemv.is_some() && !add && pro != 1 {
+                                &[false, true]
+                            } else {
+                                &[false]
+                            };
+                            for &epi in epis {
+                                let var = GptqVariant {
+                                    bits,
+                                    perm: b(0),
+                                    zero_buf: b(1),
+                                    add,
+                                    gemv,
+                                    pro,
+                                    unroll,
+                                    epi,
+                                };
+                                v.push(gptq_key(&var, sg));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for flags in 0..8u32 {
+        v.push(f16_key(flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, sg));
+    }
+    v
+}
