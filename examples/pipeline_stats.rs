@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use ash::vk;
 use wgptq::gpu::linear::{gptq_key, GptqVariant};
 use wgptq::gpu::ops::make_key;
-use wgptq::gpu::shader::Binding;
+use wgptq::gpu::shader::{naga_module, Binding};
 use wgptq::gpu::{Kernel, KernelKey};
 
 fn keys() -> Vec<KernelKey> {
@@ -50,14 +50,7 @@ fn keys() -> Vec<KernelKey> {
 }
 
 fn spirv(key: &KernelKey) -> Result<Vec<u32>, String> {
-    let src = key.source().map_err(|e| e.to_string())?;
-    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| e.emit_to_string(&src))?;
+    let (module, info) = naga_module(key).map_err(|e| e.to_string())?;
     // As wgpu 30 does for a Vulkan 1.3 device and a module created without runtime checks.
     let options = naga::back::spv::Options {
         lang_version: (1, 6),

@@ -210,7 +210,7 @@ impl LinearMode {
 pub enum Prologue<'a> {
     None,
     /// a = x * weight ([K] f32) / rms(x): the row's sum of squares comes in `ss_blocks` partial sums per row
-    /// (`ss`, [capacity, ss_blocks] f32, written by reduce_add together with x).
+    /// (`ss`, [capacity, ss_blocks] f32, written with x by reduce_add or a GEMV's residual epilogue).
     RmsNorm {
         weight: &'a wgpu::Buffer,
         ss: &'a wgpu::Buffer,

@@ -215,6 +215,11 @@ pub fn preprocess(
 
 /// Parses and validates a specialised kernel with naga, as wgpu would, without a GPU.
 pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
+    naga_module(key).map(|_| ())
+}
+
+/// The specialised kernel as a validated naga module (for tools that translate it themselves).
+pub fn naga_module(key: &KernelKey) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let src = key.source()?;
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| Error::Shader {
         shader: key.label(),
@@ -224,9 +229,9 @@ pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     );
-    validator.validate(&module).map_err(|e| Error::Shader {
+    let info = validator.validate(&module).map_err(|e| Error::Shader {
         shader: key.label(),
         reason: e.emit_to_string(&src),
     })?;
-    Ok(())
+    Ok((module, info))
 }

@@ -359,7 +359,7 @@ pub fn prefill(
         b: &Activations,
         cap: u32,
         parts: impl IntoIterator<Item = (&'a GpuLinear, u32)>,
-        x: &wgpu::Buffer,
+        (x, scratch): (&wgpu::Buffer, &wgpu::Buffer),
         y: &wgpu::Buffer,
         stride: u32,
         add: bool,
@@ -369,15 +369,10 @@ pub fn prefill(
             let mut m = LinearMode::new(cap, true, stride);
             m.y_col0 = col0;
             m.add = add;
-            // Act-order: gather x into the prepared order first, into a buffer free at this point (act for
-            // inputs of width hidden, gate_up for down's), so the GEMM's loads are coalesced.
+            // Act-order: gather x into the prepared order first, into `scratch` (a buffer free at this point of
+            // the layer), so the GEMM's loads are coalesced.
             let mut input = x;
             if let GpuLinear::Gptq(g) = lin {
-                let scratch = if std::ptr::eq(x, &b.act) {
-                    &b.gate_up
-                } else {
-                    &b.act
-                };
                 let width = scratch.size() / 4 / cap as u64;
                 if let Some(perm) = g.perm.as_ref().filter(|_| g.kp as u64 <= width) {
                     d.push(
@@ -432,7 +427,7 @@ pub fn prefill(
             b,
             cap,
             l.qkv.iter().map(|(l, c)| (l, *c)),
-            &b.xn,
+            (&b.xn, &b.act),
             &b.qkv,
             qkv_n,
             false,
@@ -459,7 +454,7 @@ pub fn prefill(
             b,
             cap,
             [(&l.o, 0)],
-            &b.attn,
+            (&b.attn, &b.act),
             &b.x,
             h,
             true,
@@ -482,7 +477,7 @@ pub fn prefill(
             b,
             cap,
             gu,
-            &b.xn,
+            (&b.xn, &b.act),
             &b.gate_up,
             2 * inter,
             false,
@@ -497,7 +492,7 @@ pub fn prefill(
             b,
             cap,
             [(&l.down, 0)],
-            &b.act,
+            (&b.act, &b.gate_up),
             &b.x,
             h,
             true,
