@@ -20,7 +20,7 @@ fn keys() -> Vec<KernelKey> {
     let sg = Some(32);
     let mut v = Vec::new();
     for (pro, epi) in [(1, false), (0, false), (0, true), (2, false), (2, true)] {
-        for unroll in [1, 4] {
+        for (unroll, idot) in [(1, false), (4, false), (1, true), (4, true)] {
             v.push(gptq_key(
                 &GptqVariant {
                     bits: 4,
@@ -31,6 +31,7 @@ fn keys() -> Vec<KernelKey> {
                     pro,
                     unroll,
                     epi,
+                    idot,
                 },
                 sg,
             ));

@@ -34,6 +34,20 @@ if [ "$STEPS" = all ]; then
     --compare "$OUT/wgptq_gen.json" > "$OUT/compare.txt" 2>&1
   log "PyTorch comparison"; tail -4 "$OUT/compare.txt" | tee -a "$OUT/summary.txt"
 fi
+# 1b. COMPARE8=1: the same PyTorch check on an 8-bit g128 act-order checkpoint (8-bit codes take other
+#     kernel paths: the integer GEMV meets 8-bit codes as signed bytes).
+if [ -n "${COMPARE8:-}" ]; then
+  M8=/tmp/oc8
+  $W bench --synthetic openchat-3.5 --bits 8 --group-size 128 --act-order --save $M8 --tokenizer-from .devdata/openchat \
+    --contexts 16 --prompt-lens 64 --decode-tokens 16 --runs 1 > "$OUT/b8g128_save.txt" 2>&1
+  $W generate --model $M8 --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json --top-logprobs 5 \
+    > "$OUT/wgptq_gen8.json" 2> "$OUT/wgptq_gen8.err"
+  IDS=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_ids"])))' "$OUT/wgptq_gen8.json")
+  python3 scripts/torch_reference.py $M8 --ids "$IDS" -n 8 --topk 5 --tol 2e-2 --out "$OUT/torch_ref8.json" \
+    --compare "$OUT/wgptq_gen8.json" > "$OUT/compare8.txt" 2>&1
+  log "PyTorch comparison, 8-bit g128"; tail -4 "$OUT/compare8.txt" | tee -a "$OUT/summary.txt"
+  rm -rf $M8
+fi
 # 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE[,VAR=VALUE...] for WGPTQ_ tuning
 #    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, SHORT_DECODE=0, FUSE_RESIDUAL=0, ABLATE=op+op,
 #    GEMV_ABLATE=1|2), or BIN=name for another binary in .devbin.

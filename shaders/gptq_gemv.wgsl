@@ -18,10 +18,19 @@
 // matching 2^-(j BITS). Per code: one mask-or, one subtract, one FMA (the upper half-word is shifted once per
 // word). The group scale is applied once per group and run.
 //
+// IDOT = 1 (the integer path, docs/PERF.md run 33): the staged activations are quantized per block of 32 prepared
+// rows to v = round(a / dx) in [-16256, 16256] (dx = the block's max |a| / 16256), split into two signed bytes
+// v = 128 vh + vl, and the codes meet them in 4-lane integer dot products (dot4I8Packed): 4 codes per instruction
+// and plane instead of three f32 instructions per code, which the f32 path spends (the CUDA port under Nsight
+// Compute: 5.4 instructions per weight, issue-bound). The sums are exact in i32; per block they become
+// dx (128 Ih + Il), and the zero point is applied once per group through the blocks' dx * sum(v). The
+// activations keep about 15 bits per block (error at most dx / 2 per element), more than f16 activations do.
+// It needs whole 32-row blocks in every group and split (the planner checks).
+//
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (row runs per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
 // ADD (y += result; only with splits = 1), EPI (1: the residual epilogue below, y holding the split slabs),
-// PRO (0 none, 1 RMSNorm, 2 SwiGLU),
+// PRO (0 none, 1 RMSNorm, 2 SwiGLU), IDOT (the integer path above),
 // UNROLL (words per load batch), ABLATE (measurement only, docs/PERF.md: 1 stages no activations, 2 loads no
 // weights; the results are then meaningless).
 
@@ -75,9 +84,21 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 var<workgroup> partial: array<vec4<f32>, {{WG}}>;
 // 1 when this workgroup is the last split of its column block to arrive (EPI = 1).
 var<workgroup> arrived: u32;
+//#if IDOT
+// The staged activations as signed bytes, per quad j of 4 rows: xq[j] = (vh, vl) packed LSB first. A quad is the
+// rows one packed byte-lane set of a word meets: 8-bit word w is quad w (rows 4w .. 4w + 3); 4-bit word w is
+// quads 2w (rows 8w + 0, 2, 4, 6: the low nibbles) and 2w + 1 (rows 8w + 1, 3, 5, 7: the high nibbles).
+var<workgroup> xq: array<vec2<u32>, {{XCHUNK}} / 4>;
+// max |a| over each quad, then sum(v) over each quad (staging scratch)
+var<workgroup> qmax: array<f32, {{XCHUNK}} / 4>;
+var<workgroup> vsum: array<i32, {{XCHUNK}} / 4>;
+// per 32-row block: (dx, dx * sum of its v)
+var<workgroup> binfo: array<vec2<f32>, {{XCHUNK}} / 32>;
+//#else
 // xs[i] = a[c0 + 4i + c] * 2^-(BITS * ((4i + c) % (PF / 2))) in component c: activations of the staged rows, pre-scaled
 // for the code positions, so one 16-byte read serves 4 (8-bit) or 8 (4-bit, two reads) codes of a word.
 var<workgroup> xs: array<vec4<f32>, {{XCHUNK}} / 4>;
+//#endif
 // The pre-scale of a staged vec4 (its rows' code positions are 0..3 for 4-bit, 0, 1, 0, 1 for 8-bit).
 const XSCALE: vec4<f32> = vec4<f32>(1.0, 1.0 / f32(1u << {{BITS}}u), 1.0 / f32(1u << ((2u * {{BITS}}u) % 16u)),
     1.0 / f32(1u << ((3u * {{BITS}}u) % 16u)));
@@ -155,6 +176,8 @@ fn code(q: vec4<u32>, j: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>((q & vec4<u32>(MASK << (j * {{BITS}}u))) | vec4<u32>(0x4B000000u));
 }
 
+//#if IDOT
+//#else
 // sum_i a_i (q_i - z) over the PF codes of one packed word (4 columns); xb indexes its first staged row (a
 // multiple of 4). Written out without loops or arrays, in two independent chains.
 fn word_dot(q: vec4<u32>, xb: u32, z: Zeros) -> vec4<f32> {
@@ -179,6 +202,125 @@ fn word_dot(q: vec4<u32>, xb: u32, z: Zeros) -> vec4<f32> {
     e += xh.w * (code(qh, 3u) - z.z3);
     return d + e;
 }
+//#endif
+
+// Words per 32-row activation block (IDOT): 32 / PF.
+const WPB: u32 = {{BITS}}u;
+const QMAX: f32 = 16256.0;
+// Quads each thread stages per chunk.
+const QIT: u32 = max(1u, {{XCHUNK}}u / 4u / {{WG}}u);
+
+// Prepared row of component i of staged quad j (see xq).
+fn quad_row(c0: u32, j: u32, i: u32) -> u32 {
+    if ({{BITS}}u == 8u) { return c0 + 4u * j + i; }
+    return c0 + 8u * (j / 2u) + j % 2u + 2u * i;
+}
+
+//#if IDOT
+fn block_max(b: u32) -> f32 {
+    var m = 0.0;
+    for (var i = 0u; i < 8u; i++) { m = max(m, qmax[8u * b + i]); }
+    return m;
+}
+
+// Stages rows [c0, c0 + XCHUNK) as bytes (xq) and block factors (binfo); ends with a barrier.
+fn stage_chunk(t: u32, c0: u32, r1: u32, lid: u32) {
+    var av: array<vec4<f32>, QIT>;
+    for (var it = 0u; it < QIT; it++) {
+        let j = it * {{WG}}u + lid;
+        var v = vec4<f32>(0.0);
+        if (j < {{XCHUNK}}u / 4u) {
+            v = vec4<f32>(stage(t, quad_row(c0, j, 0u), r1), stage(t, quad_row(c0, j, 1u), r1),
+                stage(t, quad_row(c0, j, 2u), r1), stage(t, quad_row(c0, j, 3u), r1));
+            let a = abs(v);
+            qmax[j] = max(max(a.x, a.y), max(a.z, a.w));
+        }
+        av[it] = v;
+    }
+    workgroupBarrier();
+    for (var it = 0u; it < QIT; it++) {
+        let j = it * {{WG}}u + lid;
+        if (j < {{XCHUNK}}u / 4u) {
+            let m = block_max(j / 8u);
+            let inv = select(0.0, QMAX / m, m > 1e-30);
+            let v = vec4<i32>(round(clamp(av[it] * inv, vec4<f32>(-QMAX), vec4<f32>(QMAX))));
+            let vh = (v + vec4<i32>(64)) >> vec4<u32>(7u);
+            let vl = v - (vh << vec4<u32>(7u));
+            xq[j] = vec2<u32>(pack4xI8(vh), pack4xI8(vl));
+            vsum[j] = v.x + v.y + v.z + v.w;
+        }
+    }
+    workgroupBarrier();
+    for (var b = lid; b < {{XCHUNK}}u / 32u; b += {{WG}}u) {
+        var s = 0;
+        for (var i = 0u; i < 8u; i++) { s += vsum[8u * b + i]; }
+        let dx = block_max(b) / QMAX;
+        binfo[b] = vec2<f32>(dx, dx * f32(s));
+    }
+    workgroupBarrier();
+}
+
+// The high-byte and low-byte plane sums of one packed word (4 columns) against staged quad j.
+struct Dots {
+    h: vec4<i32>,
+    l: vec4<i32>,
+}
+
+fn idot_word(q: vec4<u32>, j: u32) -> Dots {
+    if ({{BITS}}u == 8u) {
+        // codes - 128 as signed bytes; the zero point is shifted to match
+        let s = q ^ vec4<u32>(0x80808080u);
+        let a = xq[j];
+        return Dots(vec4<i32>(dot4I8Packed(s.x, a.x), dot4I8Packed(s.y, a.x), dot4I8Packed(s.z, a.x),
+                dot4I8Packed(s.w, a.x)),
+            vec4<i32>(dot4I8Packed(s.x, a.y), dot4I8Packed(s.y, a.y), dot4I8Packed(s.z, a.y),
+                dot4I8Packed(s.w, a.y)));
+    }
+    let lo = q & vec4<u32>(0x0F0F0F0Fu);
+    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu);
+    let a0 = xq[j];
+    let a1 = xq[j + 1u];
+    return Dots(vec4<i32>(dot4I8Packed(lo.x, a0.x) + dot4I8Packed(hi.x, a1.x),
+            dot4I8Packed(lo.y, a0.x) + dot4I8Packed(hi.y, a1.x), dot4I8Packed(lo.z, a0.x) + dot4I8Packed(hi.z, a1.x),
+            dot4I8Packed(lo.w, a0.x) + dot4I8Packed(hi.w, a1.x)),
+        vec4<i32>(dot4I8Packed(lo.x, a0.y) + dot4I8Packed(hi.x, a1.y),
+            dot4I8Packed(lo.y, a0.y) + dot4I8Packed(hi.y, a1.y), dot4I8Packed(lo.z, a0.y) + dot4I8Packed(hi.z, a1.y),
+            dot4I8Packed(lo.w, a0.y) + dot4I8Packed(hi.w, a1.y)));
+}
+
+// A finished group: its scale times (sum of dx (128 Ih + Il) - z * sum of dx V).
+fn group_total(aq: vec4<f32>, sv: f32, g: u32, c4: u32, n4: u32) -> vec4<f32> {
+    var z = group_zero(g, c4, n4);
+    if ({{BITS}}u == 8u) { z -= vec4<f32>(128.0); }
+    return group_scale(g, c4, n4) * (aq - z * sv);
+}
+//#else
+// Stages rows [c0, c0 + XCHUNK) as pre-scaled f32 (xs); ends with a barrier.
+fn stage_chunk(t: u32, c0: u32, r1: u32, lid: u32) {
+    // Four rows per thread and pass, their gathers independent of each other.
+    for (var i = lid; i < {{XCHUNK}}u / 4u; i += {{WG}}u) {
+        if ({{ABLATE}}u == 1u) {
+            xs[i] = vec4<f32>(f32(i % 7u));
+        } else {
+            let k = c0 + 4u * i;
+            xs[i] = vec4<f32>(stage(t, k, r1), stage(t, k + 1u, r1), stage(t, k + 2u, r1),
+                stage(t, k + 3u, r1)) * XSCALE;
+        }
+    }
+    workgroupBarrier();
+}
+
+fn group_total(aq: vec4<f32>, sv: f32, g: u32, c4: u32, n4: u32) -> vec4<f32> {
+    return group_scale(g, c4, n4) * aq;
+}
+//#endif
+
+// Packed words per thread of a run over words [wc0, wc1): whole 32-row blocks on the integer path.
+fn run_words(wc0: u32, wc1: u32) -> u32 {
+    let per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
+    if ({{IDOT}}u == 1u) { return (per + WPB - 1u) / WPB * WPB; }
+    return per;
+}
 
 @compute @workgroup_size({{WG}})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -194,11 +336,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let wpg = p.group_rows / PF;
     let c4s = min(c4, n4 - 1u); // a valid column for loads of dead lanes (their result is discarded)
     let r0 = split * p.split_rows;
-    let r1 = min(r0 + p.split_rows, p.kp);
+    let r1 = max(min(r0 + p.split_rows, p.kp), r0); // empty past the end (rounded splits)
     // This thread's packed rows of the first chunk, and the prefetch of its first batch.
     var wc0 = r0 / PF;
     var wc1 = min(r0 + {{XCHUNK}}u, r1) / PF;
-    var per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
+    var per = run_words(wc0, wc1);
     var wb = wc0 + ks * per;
     var we = min(wb + per, wc1);
     var qs: array<vec4<u32>, {{UNROLL}}>;
@@ -208,21 +350,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var acc = vec4<f32>(0.0);
     for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
-        // Four rows per thread and pass, their gathers independent of each other.
-        for (var i = lid; i < {{XCHUNK}}u / 4u; i += {{WG}}u) {
-            if ({{ABLATE}}u == 1u) {
-                xs[i] = vec4<f32>(f32(i % 7u));
-            } else {
-                let k = c0 + 4u * i;
-                xs[i] = vec4<f32>(stage(t, k, r1), stage(t, k + 1u, r1), stage(t, k + 2u, r1),
-                    stage(t, k + 3u, r1)) * XSCALE;
-            }
-        }
-        workgroupBarrier();
+        stage_chunk(t, c0, r1, lid);
         if (c0 > r0) {
             wc0 = c0 / PF;
             wc1 = min(c0 + {{XCHUNK}}u, r1) / PF;
-            per = (wc1 - wc0 + {{KSPLIT}}u - 1u) / {{KSPLIT}}u;
+            per = run_words(wc0, wc1);
             wb = wc0 + ks * per;
             we = min(wb + per, wc1);
         }
@@ -230,7 +362,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var g_cur = wb / wpg;
             var g_end = (g_cur + 1u) * wpg;
             var aq = vec4<f32>(0.0);
+            var sv = 0.0;
+//#if IDOT
+            var ih = vec4<i32>(0);
+            var il = vec4<i32>(0);
+//#else
             var zz = zero_terms(group_zero(g_cur, c4s, n4));
+//#endif
             for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
                 if (w0 != wb || c0 > r0) {
                     for (var u = 0u; u < {{UNROLL}}u; u++) {
@@ -241,17 +379,33 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     let w = w0 + u;
                     if (w < we) {
                         if (w >= g_end) {
-                            acc += group_scale(g_cur, c4s, n4) * aq;
+                            acc += group_total(aq, sv, g_cur, c4s, n4);
                             aq = vec4<f32>(0.0);
+                            sv = 0.0;
                             g_cur = w / wpg;
                             g_end = (g_cur + 1u) * wpg;
+//#if IDOT
+                        }
+                        let d = idot_word(qs[u], (w * PF - c0) / 4u);
+                        ih += d.h;
+                        il += d.l;
+                        if ((w + 1u) % WPB == 0u) {
+                            // the block's last word: its exact integer sums times its dx
+                            let bi = binfo[(w * PF - c0) / 32u];
+                            aq += bi.x * vec4<f32>(ih * 128 + il);
+                            sv += bi.y;
+                            ih = vec4<i32>(0);
+                            il = vec4<i32>(0);
+                        }
+//#else
                             zz = zero_terms(group_zero(g_cur, c4s, n4));
                         }
                         aq += word_dot(qs[u], w * PF - c0, zz);
+//#endif
                     }
                 }
             }
-            acc += group_scale(g_cur, c4s, n4) * aq;
+            acc += group_total(aq, sv, g_cur, c4s, n4);
         }
         workgroupBarrier();
     }

@@ -153,6 +153,8 @@ struct Run {
     residual: bool,
     /// GEMM: the input gathered into the prepared order by `kernels::gather` first (`pre_permuted`).
     gathered: bool,
+    /// GEMV: the integer path (activations quantized per 32-row block) where the matrix fits it.
+    idot: bool,
 }
 
 fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
@@ -166,6 +168,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         x_splits,
         residual,
         gathered,
+        idot,
     } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
@@ -273,6 +276,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         tune,
         splits,
         x_splits,
+        idot,
         pre_permuted: gathered,
     };
     // The gathered input: [t, kp] in the prepared order, poisoned first so unwritten rows show.
@@ -324,6 +328,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
             &pipes, &stepb, &lin, xb, &yb, &dummy, mode, prologue, epi,
         )
         .expect("dispatch");
+        check_path(&d, run, &prepared);
         for _ in 0..2 {
             ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
         }
@@ -337,6 +342,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     } else {
         let d = linear::linear_dispatches(&pipes, &stepb, &lin, xb, &yb, &dummy, mode, prologue)
             .expect("dispatch");
+        check_path(&d, run, &prepared);
         ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
         let slabs_out: Vec<f32> = bytemuck::pod_collect_to_vec(
             &gpu.read(&yb, 0, (out_slabs * t * case.n * 4) as u64)
@@ -365,6 +371,9 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     }
     // The residual epilogue ran twice: x + 2 y.
     let times = if residual { 2.0 } else { 1.0 };
+    // The integer path rounds each activation to the nearest multiple of its block's max |a| / 16256: at most
+    // half that step per element, so at most max|a| / 32512 times sum |W| per output.
+    let idot_used = idot && !gemm && linear::idot_fits(prepared.kp, prepared.group_rows);
     let mut bad = Vec::new();
     for tt in 0..t {
         for c in 0..case.n {
@@ -374,14 +383,22 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
                 0.0
             };
             let mut mag = 0.0;
+            let mut wabs = 0.0;
             for kk in 0..case.k {
                 let p = x[tt * case.k + kk] as f64 * case.dense[c * case.k + kk];
                 want += times * p;
                 mag += times * p.abs();
+                wabs += times * case.dense[c * case.k + kk].abs();
             }
             let g = got[tt * case.n + c] as f64;
             // f32 accumulation in another order: error grows with the sum of |terms|.
-            let tol = 2e-5 * mag + 1e-5;
+            let mut tol = 2e-5 * mag + 1e-5;
+            if idot_used {
+                let amax = x[tt * case.k..(tt + 1) * case.k]
+                    .iter()
+                    .fold(0f64, |m, v| m.max(v.abs() as f64));
+                tol += wabs * amax / 32512.0;
+            }
             let ok = (g - want).abs() <= tol; // NaN (unwritten) fails
             if !ok {
                 bad.push(format!(
@@ -400,6 +417,24 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         case.quant,
         &bad[..bad.len().min(5)]
     );
+}
+
+/// The GEMV took the path the run asked for: the integer one exactly where the matrix fits it.
+fn check_path(d: &[ops::Dispatch], run: Run, prepared: &prep::PreparedGptq) {
+    if run.gemm {
+        return;
+    }
+    let want = run.idot && linear::idot_fits(prepared.kp, prepared.group_rows);
+    for x in d {
+        assert_eq!(
+            x.label.contains("IDOT=1"),
+            want,
+            "{} for {run:?} (kp {}, group rows {})",
+            x.label,
+            prepared.kp,
+            prepared.group_rows
+        );
+    }
 }
 
 fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
@@ -456,8 +491,13 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             x_splits,
             residual: false,
             gathered: false,
+            idot: false,
         };
         run_case(&case, run, &mut rng);
+        // The integer GEMV path on the same case.
+        if !gemm {
+            run_case(&case, Run { idot: true, ..run }, &mut rng);
+        }
         // The prefill path for act-order checkpoints: gather, then the GEMM on the prepared order.
         if gemm && case.g_idx.is_some() {
             let run = Run {
@@ -468,11 +508,14 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         }
         // The residual epilogue where decode uses it: after a GEMV with no prologue (o) or SwiGLU (down).
         if !gemm && !run.add && pro != 1 {
-            let run = Run {
-                residual: true,
-                ..run
-            };
-            run_case(&case, run, &mut rng);
+            for idot in [false, true] {
+                let run = Run {
+                    residual: true,
+                    idot,
+                    ..run
+                };
+                run_case(&case, run, &mut rng);
+            }
         }
     }
 }
@@ -511,8 +554,10 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
             x_splits: 1 + pro / 2,
             residual: true,
             gathered: false,
+            idot: false,
         };
         run_case(&case, run, &mut rng);
+        run_case(&case, Run { idot: true, ..run }, &mut rng);
     }
 }
 

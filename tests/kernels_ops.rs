@@ -237,6 +237,7 @@ fn f16_matmul_chunks_and_last_row() {
             tune: None,
             splits: 1,
             x_splits: 1,
+            idot: false,
             pre_permuted: false,
         };
         let d =

@@ -182,6 +182,8 @@ pub struct LinearMode {
     pub splits: u32,
     /// Partial slabs the input is made of (the SwiGLU prologue reading a split-K gate|up); 1 otherwise.
     pub x_splits: u32,
+    /// GEMV: take the integer path where the matrix fits it ([`idot_fits`]); the f32 path otherwise.
+    pub idot: bool,
     /// GEMM only: x is already in the prepared row order ([capacity, kp], written by `kernels::gather`), so the
     /// act-order permutation is not applied again.
     pub pre_permuted: bool,
@@ -200,6 +202,7 @@ impl LinearMode {
             tune: None,
             splits: 1,
             x_splits: 1,
+            idot: idot_default(),
             pre_permuted: false,
         }
     }
@@ -316,7 +319,13 @@ pub fn linear_dispatches_epi(
                 });
             }
             let pf = 32 / g.bits as usize;
-            let split_rows = g.kp.div_ceil(mode.splits as usize).next_multiple_of(pf) as u32;
+            let idot = !mode.gemm && mode.idot && idot_fits(g.kp, g.group_rows);
+            // Splits of whole packed words, or of whole activation blocks on the integer path.
+            let split_rows = g
+                .kp
+                .div_ceil(mode.splits as usize)
+                .next_multiple_of(if idot { IDOT_BLOCK } else { pf })
+                as u32;
             let params = GptqParams {
                 k: g.k as u32,
                 n: g.n as u32,
@@ -358,6 +367,7 @@ pub fn linear_dispatches_epi(
                     None => GEMV_UNROLL,
                 },
                 epi: residual,
+                idot,
             };
             let key = gptq_key(&var, pipes.gpu.caps.subgroup_size);
             let n4 = (g.n / 4) as u32;

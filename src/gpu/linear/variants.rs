@@ -76,13 +76,14 @@ pub fn gemv_tune(caps: &Caps, tune: Option<(u32, u32)>) -> Result<(u32, u32, u32
         Err(_) if !caps.is_cpu && caps.max_invocations >= 256 => (64, 4),
         Err(_) => GEMV_TUNES[0],
     };
-    // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations must fit.
+    // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations (4 B per row; 4.25
+    // on the integer path: bytes, quad maxima and sums, block factors) must fit.
     let fixed = c * k * 20;
     let xchunk = GEMV_XCHUNKS
         .iter()
         .rev()
         .copied()
-        .find(|x| fixed + x * 4 <= caps.max_workgroup_storage)
+        .find(|x| fixed + x * 4 + x / 4 <= caps.max_workgroup_storage)
         .ok_or_else(|| Error::DeviceLimit {
             what: "GEMV workgroup memory".into(),
             needed: (fixed + GEMV_XCHUNKS[0] * 4) as u64,
@@ -135,6 +136,22 @@ pub struct GptqVariant {
     pub unroll: u32,
     /// GEMV only: the residual epilogue ([`Epilogue::Residual`]).
     pub epi: bool,
+    /// GEMV only: the integer path (activations quantized per 32-row block, 4-lane integer dot products); see
+    /// [`idot_fits`].
+    pub idot: bool,
+}
+
+/// Whether `WGPTQ_IDOT=0` switched the integer GEMV path off (A/B measurements; docs/PERF.md run 33).
+pub fn idot_default() -> bool {
+    std::env::var("WGPTQ_IDOT").map_or(true, |v| v != "0")
+}
+
+/// Rows per activation block of the integer GEMV path.
+pub const IDOT_BLOCK: usize = 32;
+
+/// Whether a GPTQ matrix fits the integer GEMV path: whole 32-row blocks in every group and in the padded K.
+pub fn idot_fits(kp: usize, group_rows: usize) -> bool {
+    kp % IDOT_BLOCK == 0 && group_rows % IDOT_BLOCK == 0
 }
 
 pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
@@ -157,6 +174,7 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
                 ("PRO", v.pro),
                 ("UNROLL", v.unroll),
                 ("EPI", v.epi as u32),
+                ("IDOT", v.idot as u32),
                 ("ABLATE", gemv_ablate()),
             ]);
             make_key(Kernel::GptqGemv, c * k, sg, &d)
@@ -214,7 +232,15 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                             } else {
                                 &[false]
                             };
-                            for &epi in epis {
+                            let idots: &[bool] = if gemv.is_some() {
+                                &[false, true]
+                            } else {
+                                &[false]
+                            };
+                            for (&epi, &idot) in epis
+                                .iter()
+                                .flat_map(|e| idots.iter().map(move |i| (e, i)))
+                            {
                                 let var = GptqVariant {
                                     bits,
                                     perm: b(0),
@@ -224,6 +250,7 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                                     pro,
                                     unroll,
                                     epi,
+                                    idot,
                                 };
                                 v.push(gptq_key(&var, sg));
                             }
