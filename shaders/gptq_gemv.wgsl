@@ -121,11 +121,14 @@ const MAX_SLABS: u32 = 16u;
 
 // x[t, i] summed over its partial slabs (a constant trip count lets the loads issue together).
 fn x_at(t: u32, i: u32) -> f32 {
-    var v = x[t * p.x_stride + i];
-    for (var s = 1u; s < MAX_SLABS; s++) {
-        if (s < p.x_splits) { v += x[(s * p.cap + t) * p.x_stride + i]; }
-    }
-    return v;
+    // The first two slabs without branches (the common case: gate|up in 1 or 2 splits), so the staging's loads
+    // of several rows stay in flight together; more slabs are summed apart, after them.
+    let two = p.x_splits > 1u;
+    let v0 = x[t * p.x_stride + i];
+    let v1 = x[(select(0u, p.cap, two) + t) * p.x_stride + i];
+    var e = 0.0;
+    for (var s = 2u; s < p.x_splits; s++) { e += x[(s * p.cap + t) * p.x_stride + i]; }
+    return v0 + select(0.0, v1, two) + e;
 }
 
 // Activation of input index `src` for token row `t`, after the prologue (RMSNorm without its 1 / rms, which
@@ -140,15 +143,17 @@ fn act(t: u32, src: u32) -> f32 {
     return x[t * p.x_stride + src];
 }
 
-// Staged activation of prepared row k (0 past the split's end and for padding rows).
+// Staged activation of prepared row k (0 past the split's end and for padding rows). Branch-free: the loads of
+// row 0 stand in for the masked ones, so the compiler issues a thread's index loads together and then its value
+// loads, two round trips per staging pass instead of two per row (docs/PERF.md, run 35).
 fn stage(t: u32, k: u32, r1: u32) -> f32 {
-    if (k >= r1) { return 0.0; }
 //#if PERM
-    let src = perm[k];
-    if (src == 0xffffffffu) { return 0.0; }
-    return act(t, src);
+    let src = perm[min(k, p.kp - 1u)];
+    let ok = k < r1 && src != 0xffffffffu;
+    return select(0.0, act(t, select(0u, src, ok)), ok);
 //#else
-    return act(t, k);
+    let ok = k < r1;
+    return select(0.0, act(t, select(0u, k, ok)), ok);
 //#endif
 }
 
@@ -223,24 +228,36 @@ fn block_max(b: u32) -> f32 {
     return m;
 }
 
-// Stages rows [c0, c0 + XCHUNK) as bytes (xq) and block factors (binfo); ends with a barrier.
+// Stages rows [c0, min(c0 + XCHUNK, r1)) as bytes (xq) and block factors (binfo); ends with a barrier. Only the
+// chunk's own rows: a split of 256 rows stages 64 quads, not XCHUNK / 4.
 fn stage_chunk(t: u32, c0: u32, r1: u32, lid: u32) {
+    if ({{ABLATE}}u == 1u) {
+        for (var j = lid; j < {{XCHUNK}}u / 4u; j += {{WG}}u) { xq[j] = vec2<u32>(j * 0x01030507u, j); }
+        for (var b = lid; b < {{XCHUNK}}u / 32u; b += {{WG}}u) { binfo[b] = vec2<f32>(1e-3, 0.5); }
+        workgroupBarrier();
+        return;
+    }
+    let nq = (min(c0 + {{XCHUNK}}u, r1) - c0) / 4u;
     var av: array<vec4<f32>, QIT>;
     for (var it = 0u; it < QIT; it++) {
-        let j = it * {{WG}}u + lid;
-        var v = vec4<f32>(0.0);
-        if (j < {{XCHUNK}}u / 4u) {
-            v = vec4<f32>(stage(t, quad_row(c0, j, 0u), r1), stage(t, quad_row(c0, j, 1u), r1),
+        if (it * {{WG}}u < nq) {
+            // (a thread past the chunk's quads re-reads the last one and stores nothing)
+            let j = min(it * {{WG}}u + lid, nq - 1u);
+            av[it] = vec4<f32>(stage(t, quad_row(c0, j, 0u), r1), stage(t, quad_row(c0, j, 1u), r1),
                 stage(t, quad_row(c0, j, 2u), r1), stage(t, quad_row(c0, j, 3u), r1));
-            let a = abs(v);
+        }
+    }
+    for (var it = 0u; it < QIT; it++) {
+        let j = it * {{WG}}u + lid;
+        if (j < nq) {
+            let a = abs(av[it]);
             qmax[j] = max(max(a.x, a.y), max(a.z, a.w));
         }
-        av[it] = v;
     }
     workgroupBarrier();
     for (var it = 0u; it < QIT; it++) {
         let j = it * {{WG}}u + lid;
-        if (j < {{XCHUNK}}u / 4u) {
+        if (j < nq) {
             let m = block_max(j / 8u);
             let inv = select(0.0, QMAX / m, m > 1e-30);
             let v = vec4<i32>(round(clamp(av[it] * inv, vec4<f32>(-QMAX), vec4<f32>(QMAX))));
@@ -251,7 +268,7 @@ fn stage_chunk(t: u32, c0: u32, r1: u32, lid: u32) {
         }
     }
     workgroupBarrier();
-    for (var b = lid; b < {{XCHUNK}}u / 32u; b += {{WG}}u) {
+    for (var b = lid; b < nq / 8u; b += {{WG}}u) {
         var s = 0;
         for (var i = 0u; i < 8u; i++) { s += vsum[8u * b + i]; }
         let dx = block_max(b) / QMAX;
@@ -295,16 +312,25 @@ fn group_total(aq: vec4<f32>, sv: f32, g: u32, c4: u32, n4: u32) -> vec4<f32> {
     return group_scale(g, c4, n4) * (aq - z * sv);
 }
 //#else
-// Stages rows [c0, c0 + XCHUNK) as pre-scaled f32 (xs); ends with a barrier.
+// Stages rows [c0, min(c0 + XCHUNK, r1)) as pre-scaled f32 (xs); ends with a barrier.
 fn stage_chunk(t: u32, c0: u32, r1: u32, lid: u32) {
-    // Four rows per thread and pass, their gathers independent of each other.
-    for (var i = lid; i < {{XCHUNK}}u / 4u; i += {{WG}}u) {
-        if ({{ABLATE}}u == 1u) {
-            xs[i] = vec4<f32>(f32(i % 7u));
-        } else {
-            let k = c0 + 4u * i;
-            xs[i] = vec4<f32>(stage(t, k, r1), stage(t, k + 1u, r1), stage(t, k + 2u, r1),
-                stage(t, k + 3u, r1)) * XSCALE;
+    // Four rows per thread and pass, a constant number of passes: all of a thread's gathers in flight together.
+    let nq = (min(c0 + {{XCHUNK}}u, r1) - c0) / 4u;
+    var av: array<vec4<f32>, QIT>;
+    for (var it = 0u; it < QIT; it++) {
+        if (it * {{WG}}u < nq) {
+            let k = c0 + 4u * min(it * {{WG}}u + lid, nq - 1u);
+            av[it] = vec4<f32>(stage(t, k, r1), stage(t, k + 1u, r1), stage(t, k + 2u, r1), stage(t, k + 3u, r1));
+        }
+    }
+    for (var it = 0u; it < QIT; it++) {
+        let i = it * {{WG}}u + lid;
+        if (i < nq) {
+            if ({{ABLATE}}u == 1u) {
+                xs[i] = vec4<f32>(f32(i % 7u));
+            } else {
+                xs[i] = av[it] * XSCALE;
+            }
         }
     }
     workgroupBarrier();
@@ -370,6 +396,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var zz = zero_terms(group_zero(g_cur, c4s, n4));
 //#endif
             for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
+                // (the first batch was requested before the staging)
                 if (w0 != wb || c0 > r0) {
                     for (var u = 0u; u < {{UNROLL}}u; u++) {
                         if (w0 + u < we) { qs[u] = load_w((w0 + u) * n4 + c4s); }

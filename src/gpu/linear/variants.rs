@@ -28,9 +28,16 @@ pub(super) fn gemv_unroll(words: u32) -> u32 {
         .unwrap_or(if words <= GEMV_SHORT_RUN {
             1
         } else {
-            GEMV_UNROLL
+            env_u32("WGPTQ_UNROLL_LONG")
+                .filter(|u| GEMV_UNROLLS.contains(u))
+                .unwrap_or(GEMV_UNROLL)
         })
 }
+
+fn env_u32(name: &str) -> Option<u32> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 /// `WGPTQ_GEMV_ABLATE=1|2` builds GEMVs that skip the activation staging (1) or the weight loads (2): a
 /// measurement of what each costs (docs/PERF.md); the results are meaningless. 0 (unset) otherwise.
 fn gemv_ablate() -> u32 {
