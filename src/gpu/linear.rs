@@ -321,11 +321,9 @@ pub fn linear_dispatches_epi(
             let pf = 32 / g.bits as usize;
             let idot = !mode.gemm && mode.idot && idot_fits(g.kp, g.group_rows);
             // Splits of whole packed words, or of whole activation blocks on the integer path.
-            let split_rows = g
-                .kp
-                .div_ceil(mode.splits as usize)
-                .next_multiple_of(if idot { IDOT_BLOCK } else { pf })
-                as u32;
+            let split_rows =
+                g.kp.div_ceil(mode.splits as usize)
+                    .next_multiple_of(if idot { IDOT_BLOCK } else { pf }) as u32;
             let params = GptqParams {
                 k: g.k as u32,
                 n: g.n as u32,

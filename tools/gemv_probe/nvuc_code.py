@@ -3,7 +3,7 @@
 
 The cache file (__GL_SHADER_DISK_CACHE_PATH/GLCache/.../*.bin) holds zstd frames; each pipeline's frame
 decompresses to an "NVDANVVMNVuc" container whose entry of type 1 is (size, offset from byte 8) of its SASS.
-Seen with driver 580.159.04 (docs/PERF.md, run 34); the layout is undocumented, so this is a measurement tool.
+Seen with driver 580.159.04 (docs/PERF.md, run 35); the layout is undocumented, so this is a measurement tool.
 Usage: nvuc_code.py CACHE.bin OUT_DIR  (needs the zstd command); then on the device:
     nvdisasm --binary SM90 OUT_DIR/code_NN.bin
 """

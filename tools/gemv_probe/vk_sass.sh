@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Device side of the Vulkan disassembly (docs/PERF.md, run 34): nvdisasm over code cut from the driver's shader
+# Device side of the Vulkan disassembly (docs/PERF.md, run 35): nvdisasm over code cut from the driver's shader
 # cache by nvuc_code.py (CODE_DIR), and a fresh cache from a short decode run copied to $OUT for the next cut.
 set -uo pipefail
 O=${OUT:-/tmp/out}
 mkdir -p "$O/sass"
-for f in ${CODE_DIR:-tools/gemv_probe/vkcode_old}/*.bin; do
+for f in ${CODE_DIR:?the folder nvuc_code.py wrote}/*.bin; do
   nvdisasm --binary SM90 "$f" > "$O/sass/$(basename "$f" .bin).sass" 2>&1
 done
-ls -la "$O/sass" | head -30
+# (at most 8 files come back from a device call: one archive)
+tar czf "$O/sass.tgz" -C "$O" sass && rm -rf "$O/sass"
 export __GL_SHADER_DISK_CACHE=1 __GL_SHADER_DISK_CACHE_PATH=/tmp/glc __GL_SHADER_DISK_CACHE_SKIP_CLEANUP=1
 mkdir -p /tmp/glc
 .devbin/wgptq bench --synthetic openchat-3.5 --bits 4 --group-size 128 --act-order --contexts 16 --prompt-lens 64 \

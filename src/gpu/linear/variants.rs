@@ -244,9 +244,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                             } else {
                                 &[false]
                             };
-                            for (&epi, &idot) in epis
-                                .iter()
-                                .flat_map(|e| idots.iter().map(move |i| (e, i)))
+                            for (&epi, &idot) in
+                                epis.iter().flat_map(|e| idots.iter().map(move |i| (e, i)))
                             {
                                 let var = GptqVariant {
                                     bits,
