@@ -374,10 +374,13 @@ impl Session {
                 inflight.push_back((slot, index));
                 submitted += 1;
             }
-            let Some((slot, _index)) = inflight.pop_front() else {
+            let Some((slot, index)) = inflight.pop_front() else {
                 break;
             };
-            let bytes = self.gpu.map_and_read(&self.id_staging[slot], 4)?;
+            // Only this step's submission: the next one keeps the GPU busy while the host reads and records.
+            let bytes = self
+                .gpu
+                .map_and_read_after(&self.id_staging[slot], 4, Some(index))?;
             let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             if id as usize >= self.vocab {
                 return Err(Error::Gpu {

@@ -301,26 +301,50 @@ impl Gpu {
 
     /// Maps an already-filled MAP_READ buffer and copies its first `size` bytes out.
     pub fn map_and_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        self.map_and_read_after(staging, size, None)
+    }
+
+    /// [`Self::map_and_read`] that waits only for submission `after` (the one that wrote `staging`), not for
+    /// everything submitted since: pipelined decode keeps the next step running on the GPU meanwhile
+    /// (waiting for the most recent submission had drained the pipeline every step; docs/PERF.md run 41).
+    pub fn map_and_read_after(
+        &self,
+        staging: &wgpu::Buffer,
+        size: u64,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         let slice = staging.slice(..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                op: "readback".into(),
-                reason: e.to_string(),
-            })?;
-        rx.recv()
-            .map_err(|e| Error::Gpu {
-                op: "readback".into(),
-                reason: e.to_string(),
-            })?
-            .map_err(|e| Error::Gpu {
-                op: "readback".into(),
-                reason: e.to_string(),
-            })?;
+        let wait = |submission_index| {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index,
+                    timeout: None,
+                })
+                .map_err(|e| Error::Gpu {
+                    op: "readback".into(),
+                    reason: e.to_string(),
+                })
+        };
+        wait(after)?;
+        // If `after` was not the submission that last used `staging`, its mapping is still pending: wait for
+        // everything rather than block on the channel forever.
+        let mapped = match rx.try_recv() {
+            Ok(r) => Ok(r),
+            Err(_) => wait(None).and_then(|_| {
+                rx.recv().map_err(|e| Error::Gpu {
+                    op: "readback".into(),
+                    reason: e.to_string(),
+                })
+            }),
+        };
+        mapped?.map_err(|e| Error::Gpu {
+            op: "readback".into(),
+            reason: e.to_string(),
+        })?;
         let data = slice
             .get_mapped_range()
             .map_err(|e| Error::Gpu {
