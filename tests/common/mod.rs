@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod files;
+pub mod gptq;
 mod gpu;
 
 use std::path::PathBuf;
