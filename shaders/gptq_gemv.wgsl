@@ -251,7 +251,11 @@ fn stage_chunk(t: u32, c0: u32, r1: u32, lid: u32) {
         let j = it * {{WG}}u + lid;
         if (j < nq) {
             let a = abs(av[it]);
-            qmax[j] = max(max(a.x, a.y), max(a.z, a.w));
+            // A non-finite activation (all-ones exponent, tested on the bits) makes its block's max infinite, so
+            // the block's dx is infinite and the outputs come out non-finite, as on the f32 path, instead of
+            // the NaN being rounded into finite bytes.
+            let bad = any((bitcast<vec4<u32>>(av[it]) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u));
+            qmax[j] = select(max(max(a.x, a.y), max(a.z, a.w)), bitcast<f32>(0x7f800000u | (j & 0u)), bad);
         }
     }
     workgroupBarrier();

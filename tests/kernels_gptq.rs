@@ -438,6 +438,81 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
     }
 }
 
+/// A NaN or infinite activation gives non-finite outputs on both GEMV paths, never finite numbers (the integer
+/// path would otherwise round it into bytes). The output starts at 0, so an unwritten element fails too.
+#[test]
+fn gptq_gemv_non_finite_activations_stay_non_finite() {
+    let gpu = common::gpu();
+    let pipes = ops::Pipelines::new(gpu.clone());
+    let mut rng = StdRng::seed_from_u64(23);
+    for bits in [4, 8] {
+        let case = make_case(
+            &mut rng,
+            Spec {
+                k: 256,
+                n: 64,
+                bits,
+                group: Some(128),
+                g: GIdx::ActOrder,
+                sym: bits == 4,
+                format: CheckpointFormat::V1,
+            },
+        );
+        let prepared = prep::prepare_gptq(
+            &GptqTensors {
+                qweight: &case.qweight,
+                qzeros: &case.qzeros,
+                scales: &case.scales,
+                g_idx: case.g_idx.as_deref(),
+                k: case.k,
+                n: case.n,
+            },
+            &case.quant,
+        );
+        let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
+        let dummy = gpu.storage("dummy", 16).unwrap();
+        let step = StepParams {
+            n_tokens: 1,
+            pos0: 0,
+            logits_row: 0,
+            _pad: 0,
+        };
+        let stepb = gpu.uniform_init("step", bytemuck::bytes_of(&step));
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x: Vec<f32> = (0..case.k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            x[rng.random_range(0..case.k)] = bad;
+            let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
+            for idot in [false, true] {
+                let yb = gpu
+                    .storage_init("y", bytemuck::cast_slice(&vec![0f32; case.n]))
+                    .unwrap();
+                let mut mode = LinearMode::new(1, false, case.n as u32);
+                mode.idot = idot;
+                let d = linear::linear_dispatches(
+                    &pipes,
+                    &stepb,
+                    &lin,
+                    &xb,
+                    &yb,
+                    &dummy,
+                    mode,
+                    Prologue::None,
+                )
+                .expect("dispatch");
+                assert_eq!(d[0].label.contains("IDOT=1"), idot, "{}", d[0].label);
+                ops::run(&gpu, &d.iter().collect::<Vec<_>>()).expect("run");
+                let y: Vec<f32> =
+                    bytemuck::pod_collect_to_vec(&gpu.read(&yb, 0, (case.n * 4) as u64).unwrap());
+                let finite = y.iter().filter(|v| v.is_finite()).count();
+                assert_eq!(
+                    finite, 0,
+                    "{bits}-bit, input {bad}, integer path {idot}: {finite} finite outputs"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gptq_gemm_matches_reference() {
     // Up to three token tiles of the GEMM (64 tokens each), partial ones included.
