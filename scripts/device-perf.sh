@@ -26,12 +26,16 @@ $W bench --synthetic openchat-3.5 --bits 4 --group-size 128 --act-order --save $
   > "$OUT/b4g128.txt" 2>&1
 log "4-bit g128 act-order (default tune)"; grep -E -A3 "^(decode|prefill|ceiling|dispatch|load) " "$OUT/b4g128.txt" | head -20 | tee -a "$OUT/summary.txt"
 grep -E -A16 "^per-op profile, decode at ctx 16 " "$OUT/b4g128.txt" | cut -c1-90 | tee -a "$OUT/summary.txt"
+# compare MODEL SUFFIX: 8 greedy ids and top-5 logprobs of wgptq against scripts/torch_reference.py.
+compare() {
+  $W generate --model "$1" --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json \
+    --top-logprobs 5 > "$OUT/wgptq_gen$2.json" 2> "$OUT/wgptq_gen$2.err"
+  IDS=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_ids"])))' "$OUT/wgptq_gen$2.json")
+  python3 scripts/torch_reference.py "$1" --ids "$IDS" -n 8 --topk 5 --tol 2e-2 --out "$OUT/torch_ref$2.json" \
+    --compare "$OUT/wgptq_gen$2.json" > "$OUT/compare$2.txt" 2>&1
+}
 if [ "$STEPS" = all ]; then
-  $W generate --model $M --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json --top-logprobs 5 \
-    > "$OUT/wgptq_gen.json" 2> "$OUT/wgptq_gen.err"
-  IDS=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_ids"])))' "$OUT/wgptq_gen.json")
-  python3 scripts/torch_reference.py $M --ids "$IDS" -n 8 --topk 5 --tol 2e-2 --out "$OUT/torch_ref.json" \
-    --compare "$OUT/wgptq_gen.json" > "$OUT/compare.txt" 2>&1
+  compare $M ""
   log "PyTorch comparison"; tail -4 "$OUT/compare.txt" | tee -a "$OUT/summary.txt"
 fi
 # 1b. COMPARE8=1: the same PyTorch check on an 8-bit g128 act-order checkpoint (8-bit codes take other
@@ -40,11 +44,7 @@ if [ -n "${COMPARE8:-}" ]; then
   M8=/tmp/oc8
   $W bench --synthetic openchat-3.5 --bits 8 --group-size 128 --act-order --save $M8 --tokenizer-from .devdata/openchat \
     --contexts 16 --prompt-lens 64 --decode-tokens 16 --runs 1 > "$OUT/b8g128_save.txt" 2>&1
-  $W generate --model $M8 --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json --top-logprobs 5 \
-    > "$OUT/wgptq_gen8.json" 2> "$OUT/wgptq_gen8.err"
-  IDS=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_ids"])))' "$OUT/wgptq_gen8.json")
-  python3 scripts/torch_reference.py $M8 --ids "$IDS" -n 8 --topk 5 --tol 2e-2 --out "$OUT/torch_ref8.json" \
-    --compare "$OUT/wgptq_gen8.json" > "$OUT/compare8.txt" 2>&1
+  compare $M8 8
   log "PyTorch comparison, 8-bit g128"; tail -4 "$OUT/compare8.txt" | tee -a "$OUT/summary.txt"
   rm -rf $M8
 fi

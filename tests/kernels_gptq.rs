@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use wgptq::gpu::linear::{self, Epilogue, GpuLinear, LinearMode, Prologue};
 use wgptq::gpu::{ops, StepParams};
 use wgptq::model::CheckpointFormat;
-use wgptq::prep::{self, GptqTensors};
+use wgptq::prep;
 
 /// How one case is run: GEMM or GEMV (with a workgroup shape and a fused prologue), residual epilogue or not.
 #[derive(Clone, Copy, Debug)]
@@ -49,17 +49,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
-    let prepared = prep::prepare_gptq(
-        &GptqTensors {
-            qweight: &case.qweight,
-            qzeros: &case.qzeros,
-            scales: &case.scales,
-            g_idx: case.g_idx.as_deref(),
-            k: case.k,
-            n: case.n,
-        },
-        &case.quant,
-    );
+    let prepared = case.prepare();
     // The prepared layout must still mean the same matrix.
     let back = prep::dequantize_prepared(&prepared);
     for (i, (a, b)) in back.iter().zip(&case.dense).enumerate() {
@@ -458,17 +448,7 @@ fn gptq_gemv_non_finite_activations_stay_non_finite() {
                 format: CheckpointFormat::V1,
             },
         );
-        let prepared = prep::prepare_gptq(
-            &GptqTensors {
-                qweight: &case.qweight,
-                qzeros: &case.qzeros,
-                scales: &case.scales,
-                g_idx: case.g_idx.as_deref(),
-                k: case.k,
-                n: case.n,
-            },
-            &case.quant,
-        );
+        let prepared = case.prepare();
         let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
         let dummy = gpu.storage("dummy", 16).unwrap();
         let step = StepParams {
@@ -546,20 +526,7 @@ fn concatenated_projections_equal_separate_ones() {
             format: CheckpointFormat::V1,
         },
     );
-    let prep = |c: &Case| {
-        prep::prepare_gptq(
-            &GptqTensors {
-                qweight: &c.qweight,
-                qzeros: &c.qzeros,
-                scales: &c.scales,
-                g_idx: None,
-                k: c.k,
-                n: c.n,
-            },
-            &c.quant,
-        )
-    };
-    let (pa, pb) = (prep(&a), prep(&b));
+    let (pa, pb) = (a.prepare(), b.prepare());
     let cat = prep::concat_n(&[&pa, &pb]).expect("same layout concatenates");
     let (da, db, dc) = (
         prep::dequantize_prepared(&pa),
@@ -582,16 +549,6 @@ fn concatenated_projections_equal_separate_ones() {
             format: CheckpointFormat::V1,
         },
     );
-    let pc = prep::prepare_gptq(
-        &GptqTensors {
-            qweight: &c.qweight,
-            qzeros: &c.qzeros,
-            scales: &c.scales,
-            g_idx: c.g_idx.as_deref(),
-            k: c.k,
-            n: c.n,
-        },
-        &c.quant,
-    );
+    let pc = c.prepare();
     assert!(prep::concat_n(&[&pa, &pc]).is_none());
 }

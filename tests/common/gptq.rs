@@ -4,6 +4,7 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::Rng;
 use wgptq::model::{CheckpointFormat, QuantConfig};
+use wgptq::prep::{self, GptqTensors, PreparedGptq};
 
 /// A random GPTQ matrix in checkpoint layout, plus its dense meaning.
 pub struct Case {
@@ -125,5 +126,22 @@ pub fn make_case(rng: &mut StdRng, spec: Spec) -> Case {
             Some(g_idx)
         },
         dense,
+    }
+}
+
+impl Case {
+    /// The matrix in the kernels' prepared layout (act-order resolved), as the loader makes it.
+    pub fn prepare(&self) -> PreparedGptq {
+        prep::prepare_gptq(
+            &GptqTensors {
+                qweight: &self.qweight,
+                qzeros: &self.qzeros,
+                scales: &self.scales,
+                g_idx: self.g_idx.as_deref(),
+                k: self.k,
+                n: self.n,
+            },
+            &self.quant,
+        )
     }
 }

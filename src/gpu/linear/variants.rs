@@ -21,9 +21,7 @@ pub const GEMV_SHORT_RUN: u32 = 16;
 
 /// Words per load batch for a GEMV whose threads each read `words` packed words (`WGPTQ_UNROLL` overrides).
 pub(super) fn gemv_unroll(words: u32) -> u32 {
-    std::env::var("WGPTQ_UNROLL")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    env_u32("WGPTQ_UNROLL")
         .filter(|u| GEMV_UNROLLS.contains(u))
         .unwrap_or(if words <= GEMV_SHORT_RUN {
             1
@@ -34,6 +32,7 @@ pub(super) fn gemv_unroll(words: u32) -> u32 {
         })
 }
 
+/// A `WGPTQ_*` tuning variable as a number (unset or unparsable: `None`).
 fn env_u32(name: &str) -> Option<u32> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -41,9 +40,7 @@ fn env_u32(name: &str) -> Option<u32> {
 /// `WGPTQ_GEMV_ABLATE=1|2` builds GEMVs that skip the activation staging (1) or the weight loads (2): a
 /// measurement of what each costs (docs/PERF.md); the results are meaningless. 0 (unset) otherwise.
 fn gemv_ablate() -> u32 {
-    std::env::var("WGPTQ_GEMV_ABLATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    env_u32("WGPTQ_GEMV_ABLATE")
         .filter(|a| [1, 2].contains(a))
         .unwrap_or(0)
 }
@@ -85,15 +82,15 @@ pub fn gemv_tune(caps: &Caps, tune: Option<(u32, u32)>) -> Result<(u32, u32, u32
     };
     // partial (16 B per thread) + reduction scratch (4 B per thread) + staged activations (4 B per row; 4.25
     // on the integer path: bytes, quad maxima and sums, block factors) must fit.
-    let fixed = c * k * 20;
+    let bytes = |x: u32| c * k * 20 + x * 4 + x / 4;
     let xchunk = GEMV_XCHUNKS
         .iter()
         .rev()
         .copied()
-        .find(|x| fixed + x * 4 + x / 4 <= caps.max_workgroup_storage)
+        .find(|&x| bytes(x) <= caps.max_workgroup_storage)
         .ok_or_else(|| Error::DeviceLimit {
             what: "GEMV workgroup memory".into(),
-            needed: (fixed + GEMV_XCHUNKS[0] * 4) as u64,
+            needed: bytes(GEMV_XCHUNKS[0]) as u64,
             limit: caps.max_workgroup_storage as u64,
         })?;
     if c * k > caps.max_invocations {
