@@ -214,7 +214,7 @@ fn main() {
     let opts = DeviceOptions {
         adapter: std::env::var("WGPTQ_ADAPTER").ok(),
         no_subgroups: std::env::var_os("WGPTQ_NO_SUBGROUPS").is_some(),
-        backend: None,
+        ..Default::default()
     };
     let gpu = match Gpu::new(&opts) {
         Ok(g) => g,

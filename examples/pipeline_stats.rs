@@ -32,6 +32,8 @@ fn keys() -> Vec<KernelKey> {
                     unroll,
                     epi,
                     idot,
+                    coop_tm: 0,
+                    coop_split: (false, false),
                 },
                 sg,
             ));

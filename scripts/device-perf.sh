@@ -26,6 +26,7 @@ $W bench --synthetic openchat-3.5 --bits 4 --group-size 128 --act-order --save $
   > "$OUT/b4g128.txt" 2>&1
 log "4-bit g128 act-order (default tune)"; grep -E -A3 "^(decode|prefill|ceiling|dispatch|load) " "$OUT/b4g128.txt" | head -20 | tee -a "$OUT/summary.txt"
 grep -E -A16 "^per-op profile, decode at ctx 16 " "$OUT/b4g128.txt" | cut -c1-90 | tee -a "$OUT/summary.txt"
+grep -E -A22 "^per-op profile, prefill " "$OUT/b4g128.txt" | cut -c1-110 | tee -a "$OUT/summary.txt"
 # compare MODEL SUFFIX: 8 greedy ids and top-5 logprobs of wgptq against scripts/torch_reference.py.
 compare() {
   $W generate --model "$1" --prompt "The quick brown fox jumps over the lazy dog" --no-template -n 8 --json \
@@ -50,16 +51,18 @@ if [ -n "${COMPARE8:-}" ]; then
 fi
 # 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE[,VAR=VALUE...] for WGPTQ_ tuning
 #    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, SHORT_DECODE=0, FUSE_RESIDUAL=0, ABLATE=op+op,
-#    GEMV_ABLATE=1|2), or BIN=name for another binary in .devbin.
+#    GEMV_ABLATE=1|2, COOP=0, COOP_TM=64|128, COOP_SPLIT=0), CHUNK=n (--prefill-chunk n), or BIN=name for
+#    another binary in .devbin.
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
   # BIN=name runs .devbin/name (another build carried beside the main one) instead.
-  envs=(); VW=$W; IFS=',' read -ra kv <<< "$v"
-  for x in "${kv[@]}"; do case $x in BIN=*) VW=.devbin/${x#BIN=} ;; *) envs+=("WGPTQ_$x") ;; esac; done
-  env "${envs[@]}" $VW bench --model $M --contexts 16 --prompt-lens ${VAR_PROMPT:-64} --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile \
+  envs=(); extra=(); VW=$W; IFS=',' read -ra kv <<< "$v"
+  for x in "${kv[@]}"; do case $x in BIN=*) VW=.devbin/${x#BIN=} ;; CHUNK=*) extra+=(--prefill-chunk "${x#CHUNK=}") ;;
+    *) envs+=("WGPTQ_$x") ;; esac; done
+  env "${envs[@]}" $VW bench --model $M --contexts 16 --prompt-lens ${VAR_PROMPT:-64} --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile "${extra[@]}" \
     > "$OUT/var_$v.txt" 2>&1
   log "variant $v"; grep -E "^ *(16|${VAR_PROMPT:-64}) " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
   # Per-op GPU times are steadier than tok/s (about 3% against 10% between runs): the GEMVs' lines.
-  grep -E "^  (qkv|o_proj|gate_up|down) " "$OUT/var_$v.txt" | cut -c1-80 | tee -a "$OUT/summary.txt"
+  grep -E "^  (qkv|o_proj|gate_up|down|attention) " "$OUT/var_$v.txt" | cut -c1-80 | tee -a "$OUT/summary.txt"
 done
 if [ "${BRANCHES:-1}" = 1 ]; then
   IFS=';' read -ra BL <<< "${BRANCH_LIST:-4 32 --act-order;8 128 --act-order;8 -1 --act-order}"

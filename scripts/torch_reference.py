@@ -148,6 +148,7 @@ def main():
     if a.compare:
         got = json.load(open(a.compare))
         ok = True
+        worst = 0.0
         if got["prompt_ids"] != ids:
             print("prompt ids differ", got["prompt_ids"], ids)
             ok = False
@@ -163,9 +164,12 @@ def main():
                 print(f"step {s}: reference top tokens {missing} are not in wgptq's top list")
                 ok = False
             for e in out["top_logprobs"][s]:
+                if e["id"] in gl:
+                    worst = max(worst, abs(gl[e["id"]] - e["logprob"]))
                 if e["id"] in gl and not abs(gl[e["id"]] - e["logprob"]) <= a.tol:
                     print(f"step {s}: token {e['id']} logprob differs by {abs(gl[e['id']] - e['logprob']):.4f}")
                     ok = False
+        print(f"largest top-k logprob difference over the matching steps: {worst:.4f}")
         print("COMPARE", "OK" if ok else "FAILED", f"(tol {a.tol})")
         sys.exit(0 if ok else 1)
 

@@ -68,8 +68,15 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 @group(0) @binding(5) var<storage, read> scales: array<vec2<u32>>;
 // zeros: [groups, N / 4] vec2<u32>, 4 f16 zero points (v1 +1 already applied); unused when ZERO_BUF = 0
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
+//#if EPI
+// y: [splits, capacity, y_stride] f32 bits, the split slabs. Atomic loads and stores: the last split reads its
+// peers' slabs where device-scope ordering holds, not from a cache line an earlier read on its SM left behind
+// (with plain loads the residual test read a slab's NaN poison once on the H100 under concurrent load).
+@group(0) @binding(7) var<storage, read_write> y: array<atomic<u32>>;
+//#else
 // y: [splits, capacity, y_stride] f32 (one slab when splits = 1)
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
+//#endif
 // norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
 // ss: [capacity, ss_blocks] f32, partial sums of x^2 of each row: read by PRO = 1 (any number of blocks),
@@ -469,6 +476,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 //#endif
 }
 
+//#if EPI
 // EPI = 1: res[t, cols] += the result, and ss[t, b] = sum of res^2 over each 32 columns b of this block, for the
 // next fused RMSNorm. With split-K every split writes its slab of y, and the last to arrive (counted in cnt,
 // ordered by device-scope barriers) adds the slabs up in split order, so the sum is deterministic. This folds
@@ -479,7 +487,11 @@ fn residual_epilogue(r0: vec4<f32>, lid: u32, ks: u32, live: bool, c4: u32, spli
     if (p.splits > 1u) {
         if (ks == 0u && live) {
             let o = (split * p.cap + t) * p.y_stride + 4u * c4;
-            y[o] = r.x; y[o + 1u] = r.y; y[o + 2u] = r.z; y[o + 3u] = r.w;
+            let b = bitcast<vec4<u32>>(r);
+            atomicStore(&y[o], b.x);
+            atomicStore(&y[o + 1u], b.y);
+            atomicStore(&y[o + 2u], b.z);
+            atomicStore(&y[o + 3u], b.w);
         }
         storageBarrier();
         if (lid == 0u) {
@@ -498,7 +510,9 @@ fn residual_epilogue(r0: vec4<f32>, lid: u32, ks: u32, live: bool, c4: u32, spli
             for (var s = 0u; s < MAX_SLABS; s++) {
                 if (s < p.splits) {
                     let o = (s * p.cap + t) * p.y_stride + 4u * c4;
-                    r += vec4<f32>(y[o], y[o + 1u], y[o + 2u], y[o + 3u]);
+                    let b = vec4<u32>(atomicLoad(&y[o]), atomicLoad(&y[o + 1u]), atomicLoad(&y[o + 2u]),
+                                      atomicLoad(&y[o + 3u]));
+                    r += bitcast<vec4<f32>>(b);
                 }
             }
         }
@@ -519,3 +533,4 @@ fn residual_epilogue(r0: vec4<f32>, lid: u32, ks: u32, live: bool, c4: u32, spli
         if (b < p.ss_blocks) { ss[t * p.ss_blocks + b] = s; }
     }
 }
+//#endif

@@ -25,7 +25,7 @@ fn device_options() -> DeviceOptions {
     DeviceOptions {
         adapter: std::env::var("WGPTQ_ADAPTER").ok(),
         no_subgroups: std::env::var("WGPTQ_NO_SUBGROUPS").is_ok(),
-        backend: None,
+        ..Default::default()
     }
 }
 
@@ -194,11 +194,14 @@ fn openchat_numbers_follow_from_the_shapes() {
     assert_eq!(w.norms, (2 * layers + 1) * h * 4);
     assert_eq!(w.rope, 4096 * 64 * 8);
     assert_eq!(e8k.weights.rope, 8192 * 64 * 8);
-    // KV: 32 layers × (K, V) × slots × 8 kv heads × 128 × 2 bytes; the 4096 window rolls only past 4096 + 128.
+    // KV: 32 layers × (K, V) × slots × 8 kv heads × 128 × 2 bytes; the 4096 window rolls only past 4096 + one
+    // prefill chunk.
+    let chunk = wgptq::session::DEFAULT_PREFILL_CHUNK;
+    assert_eq!(chunk, 512);
     assert_eq!(e4k.kv_slots, 4096);
     assert_eq!(e4k.kv_cache_bytes, 512 << 20);
-    assert_eq!(e8k.kv_slots, 4096 + 128);
-    assert_eq!(e8k.kv_cache_bytes, layers * 2 * 4224 * 8 * 128 * 2);
+    assert_eq!(e8k.kv_slots, 4096 + chunk);
+    assert_eq!(e8k.kv_cache_bytes, layers * 2 * 4608 * 8 * 128 * 2);
     // Context is clamped to max_position_embeddings, as Model::load does.
     assert_eq!(est(100_000).context, 8192);
 }
@@ -328,7 +331,7 @@ fn cli_describes_synthetic_openchat_without_data() {
         m["memory"]["weights"]["perm"], 0,
         "one group: identity order"
     );
-    assert_eq!(m["memory"]["kv_slots"], 4224);
+    assert_eq!(m["memory"]["kv_slots"], 4096 + 512);
 
     let (ok, text, err) = wgptq(&["info", "--synthetic", "openchat-3.5", "--act-order"]);
     assert!(ok, "{err}");

@@ -32,6 +32,8 @@ struct Run {
     gathered: bool,
     /// GEMV: the integer path (activations quantized per 32-row block) where the matrix fits it.
     idot: bool,
+    /// GEMM: the matrix units (f16 inputs, f32 sums) where the adapter has them and the matrix fits.
+    coop: bool,
 }
 
 fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
@@ -46,6 +48,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         residual,
         gathered,
         idot,
+        coop,
     } = run;
     let gpu = common::gpu();
     let pipes = ops::Pipelines::new(gpu.clone());
@@ -59,7 +62,6 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         );
     }
     let lin = GpuLinear::Gptq(linear::upload_gptq(&gpu, "w", &prepared).expect("upload"));
-    // The raw input: [t, k], or [t, 2k] (gate | up) for the SwiGLU prologue.
     // The raw input: [x_splits, t, k], or [x_splits, t, 2k] (gate | up) for the SwiGLU prologue; the slabs add up.
     let width = if pro == 2 { 2 * case.k } else { case.k };
     let slabs = x_splits as usize;
@@ -144,6 +146,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         splits,
         x_splits,
         idot,
+        coop,
         pre_permuted: gathered,
     };
     // The gathered input: [t, kp] in the prepared order, poisoned first so unwritten rows show.
@@ -241,6 +244,7 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     // The integer path rounds each activation to the nearest multiple of its block's max |a| / 16256: at most
     // half that step per element, so at most max|a| / 32512 times sum |W| per output.
     let idot_used = idot && !gemm && linear::idot_fits(prepared.kp, prepared.group_rows);
+    let coop_used = coop_taken(run, &prepared);
     let mut bad = Vec::new();
     for tt in 0..t {
         for c in 0..case.n {
@@ -260,6 +264,24 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
             let g = got[tt * case.n + c] as f64;
             // f32 accumulation in another order: error grows with the sum of |terms|.
             let mut tol = 2e-5 * mag + 1e-5;
+            // The matrix units see x and the dequantized weight as f16: one each (relative error at most 2^-11
+            // each), or with the split a hi + lo pair each (2^-22), of which xl wl is left out (2^-22); below
+            // the normal range a f16 part is off by at most 2^-25 absolute. Products are summed in f32.
+            if coop_used {
+                let xs = &x[tt * case.k..(tt + 1) * case.k];
+                let tiny = xs.iter().map(|v| v.abs() as f64).sum::<f64>() + wabs / times;
+                // Per operand: 2^-22 split, 2^-11 not; xl wl (both split) adds 2^-22.
+                let (sx, sw) = linear::coop_split();
+                let part = |split: bool| {
+                    if split {
+                        2f64.powi(-22)
+                    } else {
+                        2f64.powi(-11)
+                    }
+                };
+                let rel = (part(sx) + part(sw)) * 1.01 + 2f64.powi(-22);
+                tol += times * (mag * rel + tiny * 2f64.powi(-24));
+            }
             if idot_used {
                 let amax = x[tt * case.k..(tt + 1) * case.k]
                     .iter()
@@ -286,9 +308,24 @@ fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     );
 }
 
-/// The GEMV took the path the run asked for: the integer one exactly where the matrix fits it.
+/// Whether the run's GEMM goes to the matrix units.
+fn coop_taken(run: Run, prepared: &prep::PreparedGptq) -> bool {
+    run.gemm && run.coop && common::gpu().caps.coop_matrix && linear::coop_fits(prepared.group_rows)
+}
+
+/// The kernel took the path the run asked for: the integer GEMV exactly where the matrix fits it, the matrix-unit
+/// GEMM exactly where the adapter has it and the matrix fits.
 fn check_path(d: &[ops::Dispatch], run: Run, prepared: &prep::PreparedGptq) {
     if run.gemm {
+        let want = coop_taken(run, prepared);
+        for x in d {
+            assert_eq!(
+                x.label.contains("gptq_gemm_coop"),
+                want,
+                "{} for {run:?}",
+                x.label
+            );
+        }
         return;
     }
     let want = run.idot && linear::idot_fits(prepared.kp, prepared.group_rows);
@@ -359,19 +396,31 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             residual: false,
             gathered: false,
             idot: false,
+            coop: false,
         };
         run_case(&case, run, &mut rng);
         // The integer GEMV path on the same case.
         if !gemm {
             run_case(&case, Run { idot: true, ..run }, &mut rng);
         }
+        // The matrix units on the same case (adapters that have them; lavapipe has not).
+        if gemm && common::gpu().caps.coop_matrix {
+            run_case(&case, Run { coop: true, ..run }, &mut rng);
+        }
         // The prefill path for act-order checkpoints: gather, then the GEMM on the prepared order.
         if gemm && case.g_idx.is_some() {
-            let run = Run {
-                gathered: true,
-                ..run
-            };
-            run_case(&case, run, &mut rng);
+            let has_coop = common::gpu().caps.coop_matrix;
+            for coop in [false, true].into_iter().filter(|&c| has_coop || !c) {
+                run_case(
+                    &case,
+                    Run {
+                        gathered: true,
+                        coop,
+                        ..run
+                    },
+                    &mut rng,
+                );
+            }
         }
         // The residual epilogue where decode uses it: after a GEMV with no prologue (o) or SwiGLU (down).
         if !gemm && !run.add && pro != 1 {
@@ -422,6 +471,7 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
             residual: true,
             gathered: false,
             idot: false,
+            coop: false,
         };
         run_case(&case, run, &mut rng);
         run_case(&case, Run { idot: true, ..run }, &mut rng);

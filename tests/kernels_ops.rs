@@ -127,7 +127,7 @@ fn rmsnorm_matches_reference() {
 }
 
 #[test]
-fn silu_mul_and_argmax() {
+fn silu_mul_gather_swiglu_and_argmax() {
     let gpu = common::gpu();
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(3);
@@ -152,6 +152,45 @@ fn silu_mul_and_argmax() {
         "silu_mul",
         &read_f32(&gpu, &act, t * inter),
         &want,
+        1e-6,
+        1e-5,
+    );
+    // The same activation gathered into an act-order layout (a shuffled permutation with padding rows), as the
+    // prefill plans it for the down projection.
+    let kp = inter + 5;
+    let mut perm: Vec<u32> = (0..inter as u32).chain([u32::MAX; 5]).collect();
+    for i in (1..kp).rev() {
+        perm.swap(i, rng.random_range(0..=i));
+    }
+    let pb = gpu
+        .storage_init("perm", bytemuck::cast_slice(&perm))
+        .unwrap();
+    let out = poisoned(&gpu, t * kp);
+    let d = kernels::gather_swiglu(
+        &pipes,
+        &step,
+        &gub,
+        &pb,
+        &out,
+        kp as u32,
+        inter as u32,
+        t as u32,
+    )
+    .unwrap();
+    ops::run(&gpu, &[&d]).unwrap();
+    let gathered: Vec<f32> = (0..t)
+        .flat_map(|r| {
+            let want = &want;
+            perm.iter().map(move |&src| match src {
+                u32::MAX => 0.0,
+                s => want[r * inter + s as usize],
+            })
+        })
+        .collect();
+    assert_close(
+        "gather_swiglu",
+        &read_f32(&gpu, &out, t * kp),
+        &gathered,
         1e-6,
         1e-5,
     );
@@ -238,6 +277,7 @@ fn f16_matmul_chunks_and_last_row() {
             splits: 1,
             x_splits: 1,
             idot: false,
+            coop: false,
             pre_permuted: false,
         };
         let d =
@@ -450,6 +490,16 @@ fn attention_split_over_many_keys_merges_partials() {
     // 9 splits: the combine op's split loops run over more than one chunk of 8.
     let steps = [300, 300, 300, 300, 300, 300, 300, 1, 1];
     attention_sequence(2, 1, 16, 0, 300, &steps, 13, 9);
+}
+
+#[test]
+fn attention_tiled_prefill_windows_and_tiles() {
+    // Prefill chunks of 70 (three 32-query tiles, the last partial) take the tiled kernel: a window of 50 over
+    // a cache of 120 slots that wraps, then plain causal with head_dim 64 and 96 (GQA 4:1 and MHA); decode
+    // steps in between take the one-query kernel.
+    attention_sequence(4, 2, 32, 50, 70, &[70, 70, 33, 1, 1, 70, 2], 14, 1);
+    attention_sequence(8, 2, 64, 0, 70, &[70, 5, 1, 64], 15, 1);
+    attention_sequence(2, 2, 96, 0, 40, &[40, 37], 16, 1);
 }
 
 #[test]

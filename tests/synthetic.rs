@@ -285,7 +285,7 @@ fn bench_runs_end_to_end_on_tiny() {
         device: wgptq::DeviceOptions {
             adapter: std::env::var("WGPTQ_ADAPTER").ok(),
             no_subgroups: std::env::var("WGPTQ_NO_SUBGROUPS").is_ok(),
-            backend: None,
+            ..Default::default()
         },
         seed: 1,
     };
@@ -348,6 +348,30 @@ fn bench_runs_end_to_end_on_tiny() {
             p.dispatches
         );
         assert!(p.gpu_us_per_token > 0.0);
+        // The prefill profile covers the first chunk's whole dispatch list: every GPTQ linear once per layer.
+        let pp = r.prefill[0]
+            .profile
+            .as_ref()
+            .expect("prefill profile with timestamps");
+        let layers = p
+            .ops
+            .iter()
+            .find(|o| o.op == "qkv")
+            .map(|o| o.calls_per_token);
+        for op in ["qkv", "o_proj", "gate_up", "down"] {
+            let gemm_calls: usize = pp
+                .ops
+                .iter()
+                .filter(|o| o.op == op && o.kernel.starts_with("gptq_gemm"))
+                .map(|o| o.calls_per_token)
+                .sum();
+            assert_eq!(Some(gemm_calls), layers, "{op} in {:?}", pp.ops);
+        }
+        assert_eq!(
+            pp.ops.iter().map(|o| o.calls_per_token).sum::<usize>(),
+            pp.dispatches
+        );
+        assert!(r.table().contains("per-op profile, prefill of 20 tokens"));
     } else {
         assert!(r.profile_note.is_some());
     }

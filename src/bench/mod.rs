@@ -210,6 +210,19 @@ pub fn run_with_progress(
         |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
     let total_runs = opts.warmup + opts.runs;
 
+    let setup = ProfileSetup {
+        window: cfg.sliding_window,
+        ceiling_gbps: ceiling.gbps,
+        steps: opts.runs,
+    };
+    let mut profile_note = None;
+    if opts.profile && !gpu.caps.timestamps {
+        profile_note = Some(
+            "timestamps unavailable on this adapter (needs TIMESTAMP_QUERY and TIMESTAMP_QUERY_INSIDE_PASSES): \
+             no per-op table"
+                .to_string(),
+        );
+    }
     let mut prefill = Vec::with_capacity(opts.prompt_lens.len());
     for &len in &opts.prompt_lens {
         progress(&format!("prefill of {len} tokens"));
@@ -228,6 +241,18 @@ pub fn run_with_progress(
                 finite = logits.iter().all(|x| x.is_finite());
             }
         }
+        let profile = if opts.profile && gpu.caps.timestamps {
+            session.reset();
+            match profile::profile_prefill(&session, &prompt, &setup) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    profile_note = Some(format!("per-op profile failed: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ms = median(&runs_ms);
         prefill.push(PrefillResult {
             prompt_len: len,
@@ -235,23 +260,11 @@ pub fn run_with_progress(
             ms,
             runs_ms,
             logits_finite: finite,
+            profile,
         });
     }
 
     let decode_bytes = model.weights.decode_bytes;
-    let mut profile_note = None;
-    if opts.profile && !gpu.caps.timestamps {
-        profile_note = Some(
-            "timestamps unavailable on this adapter (needs TIMESTAMP_QUERY and TIMESTAMP_QUERY_INSIDE_PASSES): \
-             no per-op table"
-                .to_string(),
-        );
-    }
-    let setup = ProfileSetup {
-        window: cfg.sliding_window,
-        ceiling_gbps: ceiling.gbps,
-        steps: opts.runs,
-    };
     let mut decode = Vec::with_capacity(opts.contexts.len());
     for &ctx in &opts.contexts {
         progress(&format!("decode at context {ctx}"));
@@ -319,6 +332,7 @@ pub fn run_with_progress(
             device: info.device,
             subgroup_size: gpu.caps.subgroup_size,
             timestamps: gpu.caps.timestamps,
+            matrix_units: gpu.caps.coop_matrix,
             max_binding_size: gpu.caps.max_binding_size,
         },
         model: model_report,

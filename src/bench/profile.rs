@@ -1,4 +1,4 @@
-//! Per-op GPU timing of one decode step: a timestamp is written inside the step's single compute pass before
+//! Per-op GPU timing of one decode step (or one prefill chunk): a timestamp is written inside the step's single compute pass before
 //! every dispatch and after the last (TIMESTAMP_QUERY_INSIDE_PASSES), so each interval is one dispatch including
 //! the barrier before the next. The step replayed is exactly the session's decode plan, at the session's
 //! position, so what is profiled is what runs. Intervals are grouped by graph op (the name the planner gives each
@@ -26,6 +26,48 @@ pub(crate) fn profile_decode(
     token: u32,
     setup: &ProfileSetup,
 ) -> Result<OpProfile> {
+    let pos = session.position();
+    let step = StepParams {
+        n_tokens: 1,
+        pos0: pos as u32,
+        logits_row: 0,
+        _pad: 0,
+    };
+    let list = session.plan().decode_list(pos);
+    profile_step(session, list, step, &[token], setup)
+}
+
+/// Times the session's first prefill chunk (`tokens`, at most one chunk, from position 0) `setup.steps` times
+/// and aggregates the intervals by op. Each op's µs is per chunk, its bytes per pass over the weights.
+pub(crate) fn profile_prefill(
+    session: &Session,
+    tokens: &[u32],
+    setup: &ProfileSetup,
+) -> Result<OpProfile> {
+    let plan = session.plan();
+    let n = tokens.len().min(plan.shape.chunk).max(1);
+    let step = StepParams {
+        n_tokens: n as u32,
+        pos0: 0,
+        logits_row: n as u32 - 1,
+        _pad: 0,
+    };
+    profile_step(
+        session,
+        &plan.prefill,
+        step,
+        &tokens[..n.min(tokens.len())],
+        setup,
+    )
+}
+
+fn profile_step(
+    session: &Session,
+    list: &[Dispatch],
+    step: StepParams,
+    tokens: &[u32],
+    setup: &ProfileSetup,
+) -> Result<OpProfile> {
     let gpu = session.gpu().clone();
     if !gpu.caps.timestamps {
         return Err(Error::Gpu {
@@ -34,17 +76,16 @@ pub(crate) fn profile_decode(
         });
     }
     let plan = session.plan();
-    let list = plan.decode_list(session.position());
     let n = list.len();
     let count = n as u32 + 1;
     if count > wgpu::QUERY_SET_MAX_QUERIES {
         return Err(Error::DeviceLimit {
-            what: "timestamp queries for one decode step".into(),
+            what: "timestamp queries for one step".into(),
             needed: count as u64,
             limit: wgpu::QUERY_SET_MAX_QUERIES as u64,
         });
     }
-    let pos = session.position();
+    let pos = step.pos0 as usize;
     let dev = &gpu.device;
     let qs = dev.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("profile"),
@@ -64,26 +105,20 @@ pub(crate) fn profile_decode(
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let step = StepParams {
-        n_tokens: 1,
-        pos0: pos as u32,
-        logits_row: 0,
-        _pad: 0,
-    };
     let period_ns = gpu.queue.get_timestamp_period() as f64;
     let mut samples: Vec<Vec<f64>> = Vec::with_capacity(setup.steps);
     for _ in 0..setup.steps.max(1) {
         gpu.queue
             .write_buffer(&plan.bufs.step, 0, bytemuck::bytes_of(&step));
         gpu.queue
-            .write_buffer(&plan.bufs.tokens, 0, bytemuck::bytes_of(&token));
+            .write_buffer(&plan.bufs.tokens, 0, bytemuck::cast_slice(tokens));
         gpu.scoped("profile", || {
             let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("profile"),
             });
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("decode (profiled)"),
+                    label: Some("step (profiled)"),
                     timestamp_writes: None,
                 });
                 for (i, d) in list.iter().enumerate() {
@@ -134,7 +169,9 @@ fn aggregate(
         });
         calls[i] += 1;
         bytes[i] += match d.kernel {
-            Kernel::Attention => (d.bytes as u128 * keys as u128 / slots.max(1) as u128) as u64,
+            Kernel::Attention | Kernel::AttentionTile => {
+                (d.bytes as u128 * keys as u128 / slots.max(1) as u128) as u64
+            }
             _ => d.bytes,
         };
         of.push(i);

@@ -38,6 +38,8 @@ pub struct AdapterReport {
     pub subgroup_size: Option<u32>,
     /// TIMESTAMP_QUERY and TIMESTAMP_QUERY_INSIDE_PASSES are enabled.
     pub timestamps: bool,
+    /// The prefill GEMM runs on the matrix units (cooperative matrices).
+    pub matrix_units: bool,
     pub max_binding_size: u64,
 }
 
@@ -142,6 +144,8 @@ pub struct PrefillResult {
     pub runs_ms: Vec<f64>,
     /// All logits of the last run were finite.
     pub logits_finite: bool,
+    /// Per-op GPU time of the first chunk (`--profile`).
+    pub profile: Option<OpProfile>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,14 +236,15 @@ impl BenchReport {
         let _ = writeln!(s, "wgptq bench (wgpu {})", self.wgpu_version);
         let _ = writeln!(
             s,
-            "adapter   {} ({}, {}, driver {} {}, subgroup {}, timestamps {})",
+            "adapter   {} ({}, {}, driver {} {}, subgroup {}, timestamps {}, prefill on matrix units {})",
             a.name,
             a.backend,
             a.device_type,
             a.driver,
             a.driver_info,
             a.subgroup_size.map_or("off".to_string(), |x| x.to_string()),
-            if a.timestamps { "yes" } else { "no" }
+            if a.timestamps { "yes" } else { "no" },
+            if a.matrix_units { "yes" } else { "no" }
         );
         let quant = match &m.quant {
             Some(q) => format!(
@@ -346,6 +351,11 @@ impl BenchReport {
                 );
             }
         }
+        for pr in &self.prefill {
+            if let Some(p) = &pr.profile {
+                write_prefill_profile(&mut s, pr, p);
+            }
+        }
         for d in &self.decode {
             if let Some(p) = &d.profile {
                 write_profile(&mut s, d, p);
@@ -376,6 +386,25 @@ fn write_profile(s: &mut String, d: &DecodeResult, p: &OpProfile) {
             0.0
         }
     );
+    write_ops(s, p);
+}
+
+fn write_prefill_profile(s: &mut String, pr: &PrefillResult, p: &OpProfile) {
+    let _ = writeln!(
+        s,
+        "\nper-op profile, prefill of {} tokens, first chunk (GPU timestamps between dispatches, median of {} chunks; µs per chunk, bytes per pass over the weights)",
+        pr.prompt_len, p.steps
+    );
+    let _ = writeln!(
+        s,
+        "  {} dispatches, {} µs GPU per chunk",
+        p.dispatches,
+        num(p.gpu_us_per_token),
+    );
+    write_ops(s, p);
+}
+
+fn write_ops(s: &mut String, p: &OpProfile) {
     let _ = writeln!(
         s,
         "  {:<18} {:>6} {:>10} {:>7} {:>10} {:>9} {:>7}  kernel",

@@ -19,7 +19,7 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub max_context: Option<usize>,
     /// Tokens per prefill step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = wgptq::session::DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: usize,
 }
 

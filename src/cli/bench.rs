@@ -50,9 +50,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Tokens per prefill step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = wgptq::session::DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: usize,
-    /// Per-op GPU time of one decode step at each context (needs timestamp queries).
+    /// Per-op GPU time of one decode step at each context and of the first prefill chunk (needs timestamp
+    /// queries).
     #[arg(long)]
     pub profile: bool,
     /// Also write the report as JSON to FILE ("-" prints JSON to stdout instead of the table).
@@ -67,6 +68,9 @@ pub struct BenchArgs {
     /// Use the workgroup-memory kernels even where the adapter has subgroups.
     #[arg(long)]
     pub no_subgroups: bool,
+    /// Keep the prefill on the portable f32 GEMM even where the adapter has matrix units.
+    #[arg(long)]
+    pub no_matrix_units: bool,
     /// Seed of the synthetic weights and of the random prompt token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -159,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             adapter: args.device.clone(),
             no_subgroups: args.no_subgroups,
             backend: args.backend.clone(),
+            no_matrix_units: args.no_matrix_units,
         },
         seed: args.seed,
     };

@@ -34,7 +34,7 @@ pub struct InfoArgs {
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
     /// Tokens per prefill step, as in generate/chat.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = wgptq::session::DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: usize,
     /// Adapter the estimate is for: index or part of its name; default: wgpu's high-performance choice.
     #[arg(long)]
@@ -158,6 +158,11 @@ fn feature_names(f: wgpu::Features) -> Vec<&'static str> {
             wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             "TIMESTAMP_QUERY_INSIDE_PASSES",
         ),
+        (wgpu::Features::SHADER_F16, "SHADER_F16"),
+        (
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            "EXPERIMENTAL_COOPERATIVE_MATRIX",
+        ),
     ]
     .into_iter()
     .filter(|(x, _)| f.contains(*x))
@@ -243,6 +248,16 @@ fn print_adapters(args: &InfoArgs, choice: &AdapterChoice) {
     match &choice.selected {
         Ok(i) => println!("device: [{i}] {} ({how})", choice.adapters[*i].0.name),
         Err(e) => println!("device: none ({how}): {e}"),
+    }
+    if let Some(c) = &choice.caps {
+        println!(
+            "prefill: {}",
+            if c.coop_matrix {
+                "matrix units (cooperative matrices, f16 inputs, f32 sums)"
+            } else {
+                "portable f32 GEMM (no 16x16x16 f16/f32 cooperative matrices with 32-wide subgroups here)"
+            }
+        );
     }
 }
 

@@ -16,6 +16,9 @@ pub struct DeviceOptions {
     pub no_subgroups: bool,
     /// Only adapters of this backend: "vulkan", "metal", "dx12" or "gl"; `None` = all (or `WGPU_BACKEND`).
     pub backend: Option<String>,
+    /// Keep the prefill on the portable f32 GEMM even where the adapter has matrix units (also
+    /// `WGPTQ_COOP=0`).
+    pub no_matrix_units: bool,
 }
 
 /// Backend names `DeviceOptions::backend` accepts.
@@ -54,6 +57,23 @@ pub struct Caps {
     pub max_invocations: u32,
     /// A CPU (software) adapter such as lavapipe.
     pub is_cpu: bool,
+    /// The prefill GEMM runs on the matrix units: wgpu's experimental cooperative matrices with 16x16x16 f16
+    /// inputs and f32 accumulation, 32-wide subgroups and room for [`COOP_WORKGROUP_BYTES`].
+    pub coop_matrix: bool,
+}
+
+/// Workgroup memory the cooperative-matrix GEMM needs at most (its largest tile).
+pub const COOP_WORKGROUP_BYTES: u32 = 48 * 1024;
+
+/// Whether the adapter offers the one cooperative-matrix shape the prefill GEMM is written for.
+fn has_coop_f16_f32(adapter: &wgpu::Adapter) -> bool {
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    adapter.features().contains(needed)
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
 }
 
 /// Device, queue and capabilities.
@@ -67,7 +87,9 @@ pub struct Gpu {
 /// Optional features wgptq takes advantage of when an adapter has them.
 pub const USED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
-    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    .union(wgpu::Features::SHADER_F16);
 
 /// The adapter `opts` selects among `adapters` (enumerated by `instance`, in [`choose_adapter`]'s `adapters` order): the one at
 /// that index, else the first whose name contains the text (case-insensitive), else with no selection wgpu's
@@ -183,6 +205,16 @@ impl Caps {
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         }
         let limits = adapter.limits();
+        let coop_wanted =
+            !opts.no_matrix_units && std::env::var("WGPTQ_COOP").map_or(true, |v| v != "0");
+        let coop_matrix = coop_wanted
+            && subgroup_size == Some(32)
+            && limits.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && has_coop_f16_f32(adapter);
+        if coop_matrix {
+            required |=
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        }
         let caps = Caps {
             subgroup_size,
             timestamps,
@@ -191,6 +223,7 @@ impl Caps {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
             is_cpu: info.device_type == wgpu::DeviceType::Cpu,
+            coop_matrix,
         };
         (caps, required)
     }
@@ -209,7 +242,14 @@ impl Gpu {
             label: Some("wgptq"),
             required_features: required,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: if caps.coop_matrix {
+                // SAFETY: wgpu asks for this token before it exposes experimental features; the one used
+                // (cooperative matrices) is confined to the prefill GEMM, which is checked against a CPU reference
+                // on every adapter that has it (tests/kernels_gptq.rs) and can be switched off (`WGPTQ_COOP=0`).
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))

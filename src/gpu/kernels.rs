@@ -243,7 +243,30 @@ pub fn attention_splits(slots: u32) -> u32 {
     slots.div_ceil(ATTN_SPLIT_KEYS).max(1)
 }
 
-/// q [cap, H d], caches → out [cap, H d]. With `splits > 1` the keys are split over workgroups writing
+/// Queries and keys per tile of the prefill attention (attention_tile.wgsl).
+pub const ATTN_TILE_QUERIES: u32 = ATTN_WG / 8;
+pub const ATTN_TILE_KEYS: u32 = 16;
+
+/// Workgroup memory of the tiled prefill attention for `head_dim` (its arrays, as attention_tile.wgsl declares
+/// them, plus the prelude's reduction array).
+pub fn attention_tile_bytes(head_dim: u32) -> u32 {
+    let rows = head_dim / 4 + 1;
+    ATTN_TILE_QUERIES * rows * 16
+        + 2 * ATTN_TILE_KEYS * rows * 8
+        + ATTN_TILE_QUERIES * ATTN_TILE_KEYS * 4
+        + 3 * ATTN_WG * 4
+}
+
+/// Whether a prefill chunk's attention takes the tiled kernel: head_dim a multiple of 32 up to 128 whose tile
+/// fits the device's workgroup memory; one workgroup per query and head (attention.wgsl) otherwise.
+pub fn attention_tile_fits(head_dim: u32, caps: &super::context::Caps) -> bool {
+    head_dim % 32 == 0
+        && head_dim <= 128
+        && attention_tile_bytes(head_dim) <= caps.max_workgroup_storage
+}
+
+/// q [cap, H d], caches → out [cap, H d]. A prefill chunk (cap > 1, no split) whose head_dim fits takes the
+/// tiled kernel ([`attention_tile_fits`]). With `splits > 1` the keys are split over workgroups writing
 /// `partial` ([cap, H, splits, d + 2] f32), and a combine op writes `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -260,6 +283,30 @@ pub fn attention(
 ) -> Result<Vec<Dispatch>> {
     s.check()?;
     let kv_bytes = (s.slots * s.n_kv * s.head_dim * 4) as u64;
+    let params = AttnParams {
+        n_heads: s.n_heads,
+        n_kv: s.n_kv,
+        head_dim: s.head_dim,
+        slots: s.slots,
+        window: s.window,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
+        splits,
+        _pad: 0,
+    };
+    if splits == 1 && capacity > 1 && attention_tile_fits(s.head_dim, &pipes.gpu.caps) {
+        return Ok(vec![pipes.dispatch(
+            pipes.key(
+                Kernel::AttentionTile,
+                ATTN_WG,
+                &[("HD", s.head_dim), ("BK", ATTN_TILE_KEYS)],
+            ),
+            &params,
+            step,
+            &[q, k_cache, v_cache, out],
+            [s.n_heads, capacity.div_ceil(ATTN_TILE_QUERIES), 1],
+            kv_bytes,
+        )?]);
+    }
     let target = if splits > 1 { partial } else { out };
     let mut d = vec![pipes.dispatch(
         pipes.key(
@@ -267,16 +314,7 @@ pub fn attention(
             ATTN_WG,
             &[("HD", s.head_dim), ("SPLIT", (splits > 1) as u32)],
         ),
-        &AttnParams {
-            n_heads: s.n_heads,
-            n_kv: s.n_kv,
-            head_dim: s.head_dim,
-            slots: s.slots,
-            window: s.window,
-            scale: 1.0 / (s.head_dim as f32).sqrt(),
-            splits,
-            _pad: 0,
-        },
+        &params,
         step,
         &[q, k_cache, v_cache, target],
         [s.n_heads, capacity, splits],
@@ -312,18 +350,63 @@ pub fn gather(
     x_stride: u32,
     capacity: u32,
 ) -> Result<Dispatch> {
+    gather_key(pipes, step, x, perm, out, kp, x_stride, capacity, None)
+}
+
+/// gate_up [cap, 2 I] → out [cap, kp] with out[t, k] = silu(gate[t, perm[k]]) · up[t, perm[k]]: the down
+/// projection's act-order input in one pass (silu_mul and gather fused).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_swiglu(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    gate_up: &wgpu::Buffer,
+    perm: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    kp: u32,
+    inter: u32,
+    capacity: u32,
+) -> Result<Dispatch> {
+    gather_key(
+        pipes,
+        step,
+        gate_up,
+        perm,
+        out,
+        kp,
+        2 * inter,
+        capacity,
+        Some(inter),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gather_key(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    perm: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    kp: u32,
+    x_stride: u32,
+    capacity: u32,
+    swiglu_half: Option<u32>,
+) -> Result<Dispatch> {
     pipes.dispatch(
-        pipes.key(Kernel::Gather, EW_WG, &[]),
+        pipes.key(
+            Kernel::Gather,
+            EW_WG,
+            &[("SWIGLU", swiglu_half.is_some() as u32)],
+        ),
         &P4 {
             a: kp,
             b: x_stride,
-            c: 0,
+            c: swiglu_half.unwrap_or(0),
             d: 0,
         },
         step,
         &[x, perm, out],
         [kp.div_ceil(EW_WG), capacity, 1],
-        (kp * 12) as u64,
+        (kp * if swiglu_half.is_some() { 16 } else { 12 }) as u64,
     )
 }
 
@@ -417,7 +500,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
-        make_key(Kernel::Gather, EW_WG, sg, &[]),
+        make_key(Kernel::Gather, EW_WG, sg, &[("SWIGLU", 0)]),
+        make_key(Kernel::Gather, EW_WG, sg, &[("SWIGLU", 1)]),
     ];
     // Every head_dim AttnShape::check accepts.
     for hd in (4..=256u32).step_by(4) {
@@ -425,6 +509,10 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
             let defs = [("HD", hd), ("SPLIT", split)];
             v.push(make_key(Kernel::Attention, ATTN_WG, sg, &defs));
         }
+    }
+    for hd in (32..=128u32).step_by(32) {
+        let defs = [("HD", hd), ("BK", ATTN_TILE_KEYS)];
+        v.push(make_key(Kernel::AttentionTile, ATTN_WG, sg, &defs));
     }
     v.push(make_key(Kernel::AttentionCombine, EW_WG, sg, &[]));
     v

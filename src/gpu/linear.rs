@@ -184,6 +184,9 @@ pub struct LinearMode {
     pub x_splits: u32,
     /// GEMV: take the integer path where the matrix fits it ([`idot_fits`]); the f32 path otherwise.
     pub idot: bool,
+    /// GEMM only: run on the matrix units where the device has them ([`super::context::Caps::coop_matrix`]) and
+    /// the matrix fits the kernel ([`coop_fits`]); the portable f32 GEMM otherwise.
+    pub coop: bool,
     /// GEMM only: x is already in the prepared row order ([capacity, kp], written by `kernels::gather`), so the
     /// act-order permutation is not applied again.
     pub pre_permuted: bool,
@@ -203,6 +206,7 @@ impl LinearMode {
             splits: 1,
             x_splits: 1,
             idot: idot_default(),
+            coop: true,
             pre_permuted: false,
         }
     }
@@ -320,6 +324,15 @@ pub fn linear_dispatches_epi(
             }
             let pf = 32 / g.bits as usize;
             let idot = !mode.gemm && mode.idot && idot_fits(g.kp, g.group_rows);
+            let coop_tm = if mode.gemm
+                && mode.coop
+                && pipes.gpu.caps.coop_matrix
+                && coop_fits(g.group_rows)
+            {
+                coop_tm()
+            } else {
+                0
+            };
             // Splits of whole packed words, or of whole activation blocks on the integer path.
             let split_rows =
                 g.kp.div_ceil(mode.splits as usize)
@@ -366,10 +379,21 @@ pub fn linear_dispatches_epi(
                 },
                 epi: residual,
                 idot,
+                coop_tm,
+                coop_split: if coop_tm > 0 {
+                    coop_split()
+                } else {
+                    (false, false)
+                },
             };
             let key = gptq_key(&var, pipes.gpu.caps.subgroup_size);
             let n4 = (g.n / 4) as u32;
             let groups = match gemv {
+                None if coop_tm > 0 => [
+                    (g.n as u32).div_ceil(COOP_TN),
+                    mode.capacity.div_ceil(coop_tm),
+                    1,
+                ],
                 None => [n4.div_ceil(GEMM_COLS4), mode.capacity.div_ceil(GEMM_TM), 1],
                 Some((c, _, _)) => [n4.div_ceil(c), mode.splits, mode.capacity],
             };

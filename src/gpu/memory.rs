@@ -51,7 +51,7 @@ impl Default for EstimateOptions {
     fn default() -> Self {
         EstimateOptions {
             context: 4096,
-            prefill_chunk: 128,
+            prefill_chunk: crate::session::DEFAULT_PREFILL_CHUNK,
             layout: LayoutSource::Checkpoint,
             caps: None,
         }

@@ -13,9 +13,11 @@ pub enum Kernel {
     RmsNorm,
     GptqGemv,
     GptqGemm,
+    GptqGemmCoop,
     LinearF16,
     Rope,
     Attention,
+    AttentionTile,
     AttentionCombine,
     SiluMul,
     ReduceAdd,
@@ -25,14 +27,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
         Kernel::GptqGemm,
+        Kernel::GptqGemmCoop,
         Kernel::LinearF16,
         Kernel::Rope,
         Kernel::Attention,
+        Kernel::AttentionTile,
         Kernel::AttentionCombine,
         Kernel::SiluMul,
         Kernel::ReduceAdd,
@@ -47,9 +51,11 @@ impl Kernel {
             Kernel::RmsNorm => "rmsnorm.wgsl",
             Kernel::GptqGemv => "gptq_gemv.wgsl",
             Kernel::GptqGemm => "gptq_gemm.wgsl",
+            Kernel::GptqGemmCoop => "gptq_gemm_coop.wgsl",
             Kernel::LinearF16 => "linear_f16.wgsl",
             Kernel::Rope => "rope.wgsl",
             Kernel::Attention => "attention.wgsl",
+            Kernel::AttentionTile => "attention_tile.wgsl",
             Kernel::AttentionCombine => "attention_combine.wgsl",
             Kernel::SiluMul => "silu_mul.wgsl",
             Kernel::ReduceAdd => "reduce_add.wgsl",
@@ -65,9 +71,11 @@ impl Kernel {
             Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
             Kernel::GptqGemv => include_str!("../../shaders/gptq_gemv.wgsl"),
             Kernel::GptqGemm => include_str!("../../shaders/gptq_gemm.wgsl"),
+            Kernel::GptqGemmCoop => include_str!("../../shaders/gptq_gemm_coop.wgsl"),
             Kernel::LinearF16 => include_str!("../../shaders/linear_f16.wgsl"),
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
+            Kernel::AttentionTile => include_str!("../../shaders/attention_tile.wgsl"),
             Kernel::AttentionCombine => include_str!("../../shaders/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("../../shaders/silu_mul.wgsl"),
             Kernel::ReduceAdd => include_str!("../../shaders/reduce_add.wgsl"),
@@ -85,10 +93,10 @@ impl Kernel {
             Kernel::Embed => &[U, U, R, R, W],
             Kernel::RmsNorm => &[U, U, R, R, W],
             Kernel::GptqGemv => &[U, U, R, R, R, R, R, W, R, W, W, W],
-            Kernel::GptqGemm => &[U, U, R, R, R, R, R, W, R, R],
+            Kernel::GptqGemm | Kernel::GptqGemmCoop => &[U, U, R, R, R, R, R, W, R, R],
             Kernel::LinearF16 => &[U, U, R, R, W],
             Kernel::Rope => &[U, U, R, R, W, W, W],
-            Kernel::Attention => &[U, U, R, R, R, W],
+            Kernel::Attention | Kernel::AttentionTile => &[U, U, R, R, R, W],
             Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
             Kernel::Argmax | Kernel::ReduceAdd => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
@@ -143,10 +151,24 @@ impl KernelKey {
     /// The specialised WGSL source (prelude + kernel).
     pub fn source(&self) -> Result<String> {
         // naga (wgpu 30) enables subgroup builtins through the SUBGROUP device feature, not `enable subgroups;`.
+        // A kernel's own `enable` directives (f16, cooperative matrices) must precede every declaration, so
+        // they go before the prelude.
+        let (enables, body): (Vec<&str>, Vec<&str>) = self
+            .kernel
+            .source()
+            .lines()
+            .partition(|l| l.starts_with("enable "));
         let mut text = String::new();
+        for e in enables {
+            text.push_str(e);
+            text.push('\n');
+        }
         text.push_str(include_str!("../../shaders/common.wgsl"));
         text.push('\n');
-        text.push_str(self.kernel.source());
+        for l in body {
+            text.push_str(l);
+            text.push('\n');
+        }
         preprocess(&text, &self.defines).map_err(|reason| Error::Shader {
             shader: self.label(),
             reason,
@@ -225,9 +247,11 @@ pub fn naga_module(key: &KernelKey) -> Result<(naga::Module, naga::valid::Module
         shader: key.label(),
         reason: e.emit_to_string(&src),
     })?;
+    // Everything wgpu can grant except what wgptq never requests (SUBGROUP_BARRIER: a kernel using it fails on
+    // the device, so it must fail here).
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
+        naga::valid::Capabilities::all() - naga::valid::Capabilities::SUBGROUP_BARRIER,
     );
     let info = validator.validate(&module).map_err(|e| Error::Shader {
         shader: key.label(),

@@ -483,21 +483,59 @@ pub fn prefill(
             false,
             "gate_up",
         )?;
-        d.push(kernels::silu_mul(
-            pipes, step, &b.gate_up, &b.act, inter, cap,
-        )?);
-        linears(
-            &mut d,
-            pipes,
-            b,
-            cap,
-            [(&l.down, 0)],
-            (&b.act, &b.gate_up),
-            &b.x,
-            h,
-            true,
-            "down",
-        )?;
+        // Act-order down: SwiGLU and the gather in one pass, from gate|up into `act` in the prepared order.
+        let width = b.act.size() / 4 / cap as u64;
+        match &l.down {
+            GpuLinear::Gptq(g) if g.perm.is_some() && g.kp as u64 <= width => {
+                let perm = g.perm.as_ref().expect("matched above");
+                d.push(
+                    kernels::gather_swiglu(
+                        pipes,
+                        step,
+                        &b.gate_up,
+                        perm,
+                        &b.act,
+                        g.kp as u32,
+                        inter,
+                        cap,
+                    )?
+                    .named("down"),
+                );
+                let mut m = LinearMode::new(cap, true, h);
+                m.add = true;
+                m.pre_permuted = true;
+                d.extend(named(
+                    linear::linear_dispatches(
+                        pipes,
+                        step,
+                        &l.down,
+                        &b.act,
+                        &b.x,
+                        &b.dummy,
+                        m,
+                        Prologue::None,
+                    )?,
+                    "down",
+                ));
+            }
+            _ => {
+                d.push(kernels::silu_mul(
+                    pipes, step, &b.gate_up, &b.act, inter, cap,
+                )?);
+                linears(
+                    &mut d,
+                    pipes,
+                    b,
+                    cap,
+                    [(&l.down, 0)],
+                    (&b.act, &b.gate_up),
+                    &b.x,
+                    h,
+                    true,
+                    "down",
+                )?;
+            }
+        }
     }
     head(&mut d, pipes, w, b, cap, !shape.all_logits)?;
     Ok(d)

@@ -10,7 +10,7 @@ pub fn gpu() -> Arc<Gpu> {
         let opts = DeviceOptions {
             adapter: std::env::var("WGPTQ_ADAPTER").ok(),
             no_subgroups: std::env::var("WGPTQ_NO_SUBGROUPS").is_ok(),
-            backend: None,
+            ..Default::default()
         };
         Gpu::new(&opts).expect("a GPU adapter (CI: Mesa lavapipe)")
     })

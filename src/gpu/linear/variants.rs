@@ -55,6 +55,37 @@ pub const GEMM_KT: u32 = 32;
 pub const GEMM_WG: u32 = GEMM_TM / 4 * GEMM_COLS4;
 pub const F16_ROWS: u32 = 4;
 pub const F16_LANES: u32 = 64;
+/// Cooperative-matrix GEMM (prefill on the matrix units): 8 subgroups of 32, a tile of COOP_TN columns and
+/// 128 tokens, or 64 (`WGPTQ_COOP_TM=64`, benchmarking: 3,674 against 4,448 tok/s with 512-token chunks,
+/// docs/PERF.md run 44); each subgroup owns 32 tokens x 16 CN columns.
+pub const COOP_WG: u32 = 256;
+pub const COOP_TN: u32 = 128;
+pub const COOP_TMS: [u32; 2] = [64, 128];
+
+/// Whether a GPTQ matrix fits the cooperative-matrix GEMM: a thread dequantizes 4 prepared rows with one
+/// group's scale and zero.
+pub fn coop_fits(group_rows: usize) -> bool {
+    group_rows % 4 == 0
+}
+
+/// Which operands the cooperative-matrix GEMM holds as two f16 (hi + lo) instead of one: (x, w). Both (the
+/// default) gives near-f32 results at three multiplies per product; `WGPTQ_COOP_SPLIT=0|2|3` picks none, x only or
+/// w only (measurements: one f16 each moved full-size 8-bit logprobs by 0.035, docs/PERF.md runs 43-46).
+pub fn coop_split() -> (bool, bool) {
+    match env_u32("WGPTQ_COOP_SPLIT") {
+        Some(0) => (false, false),
+        Some(2) => (true, false),
+        Some(3) => (false, true),
+        _ => (true, true),
+    }
+}
+
+/// The cooperative-matrix GEMM's token tile.
+pub fn coop_tm() -> u32 {
+    env_u32("WGPTQ_COOP_TM")
+        .filter(|t| COOP_TMS.contains(t))
+        .unwrap_or(128)
+}
 
 /// The GEMV shape for this device: (cols4, ksplit, xchunk).
 pub fn gemv_tune(caps: &Caps, tune: Option<(u32, u32)>) -> Result<(u32, u32, u32)> {
@@ -143,6 +174,10 @@ pub struct GptqVariant {
     /// GEMV only: the integer path (activations quantized per 32-row block, 4-lane integer dot products); see
     /// [`idot_fits`].
     pub idot: bool,
+    /// GEMM only: the cooperative-matrix kernel with this token tile (0 = the portable f32 GEMM).
+    pub coop_tm: u32,
+    /// Cooperative-matrix GEMM: which of (x, w) are hi + lo f16 pairs ([`coop_split`]).
+    pub coop_split: (bool, bool),
 }
 
 /// Whether `WGPTQ_IDOT=0` switched the integer GEMV path off (A/B measurements; docs/PERF.md run 33).
@@ -166,6 +201,20 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
         ("ADD", v.add as u32),
     ];
     match v.gemv {
+        None if v.coop_tm > 0 => {
+            // Subgroups per tile column: 32 tokens each; the rest of the 8 split the columns.
+            let sgc = COOP_WG / 32 / (v.coop_tm / 32);
+            let cn = COOP_TN / 16 / sgc;
+            d.extend([
+                ("TM", v.coop_tm),
+                ("TN", COOP_TN),
+                ("CN", cn),
+                ("CN4", (cn == 4) as u32),
+                ("SPLIT_X", v.coop_split.0 as u32),
+                ("SPLIT_W", v.coop_split.1 as u32),
+            ]);
+            make_key(Kernel::GptqGemmCoop, COOP_WG, sg, &d)
+        }
         None => {
             d.extend([("TM", GEMM_TM), ("COLS4", GEMM_COLS4), ("KT", GEMM_KT)]);
             make_key(Kernel::GptqGemm, GEMM_WG, sg, &d)
@@ -254,8 +303,28 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                                     unroll,
                                     epi,
                                     idot,
+                                    coop_tm: 0,
+                                    coop_split: (false, false),
                                 };
                                 v.push(gptq_key(&var, sg));
+                                // The matrix-unit GEMM needs 32-wide subgroups.
+                                if gemv.is_none() && sg == Some(32) {
+                                    for tm in COOP_TMS {
+                                        for coop_split in [
+                                            (false, false),
+                                            (true, false),
+                                            (false, true),
+                                            (true, true),
+                                        ] {
+                                            let c = GptqVariant {
+                                                coop_tm: tm,
+                                                coop_split,
+                                                ..var
+                                            };
+                                            v.push(gptq_key(&c, sg));
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
