@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release --example pipeline_stats -- [OUT_DIR]` prints one block of statistics per kernel variant
 //! the decode of a 4-bit act-order OpenChat plans (GEMVs of every prologue/epilogue/unroll, attention, RoPE,
-//! reduce_add) and writes the internal representations to OUT_DIR (default `pipeline-stats`).
+//! reduce_add), the prefill's tensor-core GEMM and tiled attention, and writes the internal representations to OUT_DIR (default `pipeline-stats`).
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use ash::vk;
 use wgptq::gpu::linear::{gptq_key, GptqVariant};
 use wgptq::gpu::ops::make_key;
-use wgptq::gpu::shader::{naga_module, Binding};
+use wgptq::gpu::shader::{spirv, Binding};
 use wgptq::gpu::{Kernel, KernelKey};
 
 fn keys() -> Vec<KernelKey> {
@@ -49,25 +49,32 @@ fn keys() -> Vec<KernelKey> {
     }
     v.push(make_key(Kernel::Rope, 256, sg, &[]));
     v.push(make_key(Kernel::ReduceAdd, 256, sg, &[]));
+    // Prefill: the tensor-core GEMM with and without the hi + lo split, and the tiled attention.
+    for coop_split in [(true, true), (false, false)] {
+        v.push(gptq_key(
+            &GptqVariant {
+                bits: 4,
+                perm: false,
+                zero_buf: false,
+                add: false,
+                gemv: None,
+                pro: 0,
+                unroll: 0,
+                epi: false,
+                idot: false,
+                coop_tm: 128,
+                coop_split,
+            },
+            sg,
+        ));
+    }
+    v.push(make_key(
+        Kernel::AttentionTile,
+        256,
+        sg,
+        &[("HD", 128), ("BK", 16)],
+    ));
     v
-}
-
-fn spirv(key: &KernelKey) -> Result<Vec<u32>, String> {
-    let (module, info) = naga_module(key).map_err(|e| e.to_string())?;
-    // As wgpu 30 does for a Vulkan 1.3 device and a module created without runtime checks.
-    let options = naga::back::spv::Options {
-        lang_version: (1, 6),
-        bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
-        zero_initialize_workgroup_memory:
-            naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
-        force_loop_bounding: false,
-        ..Default::default()
-    };
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: "main".into(),
-    };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| e.to_string())
 }
 
 fn text(bytes: &[std::ffi::c_char]) -> String {
@@ -112,24 +119,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(family)
             .queue_priorities(&prio)];
-        let exts = [ash::khr::pipeline_executable_properties::NAME.as_ptr()];
+        let exts = [
+            ash::khr::pipeline_executable_properties::NAME.as_ptr(),
+            ash::khr::cooperative_matrix::NAME.as_ptr(),
+        ];
         let mut exec = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
             .pipeline_executable_info(true);
         let mut v13 = vk::PhysicalDeviceVulkan13Features::default()
             .shader_zero_initialize_workgroup_memory(true);
+        // What the prefill kernels need (f16, cooperative matrices and the memory model they bring).
+        let mut v12 = vk::PhysicalDeviceVulkan12Features::default()
+            .shader_float16(true)
+            .vulkan_memory_model(true)
+            .vulkan_memory_model_device_scope(true);
+        let mut v11 =
+            vk::PhysicalDeviceVulkan11Features::default().storage_buffer16_bit_access(true);
+        let mut coop =
+            vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
         let device = instance.create_device(
             pdev,
             &vk::DeviceCreateInfo::default()
                 .queue_create_infos(&queues)
                 .enabled_extension_names(&exts)
                 .push_next(&mut exec)
-                .push_next(&mut v13),
+                .push_next(&mut v13)
+                .push_next(&mut v12)
+                .push_next(&mut v11)
+                .push_next(&mut coop),
             None,
         )?;
         let pep = ash::khr::pipeline_executable_properties::Device::new(&instance, &device);
         for (n, key) in keys().iter().enumerate() {
             println!("\n== {}", key.label());
-            let code = match spirv(key) {
+            let code = match spirv(key).map_err(|e| e.to_string()) {
                 Ok(c) => c,
                 Err(e) => {
                     println!("  naga: {e}");

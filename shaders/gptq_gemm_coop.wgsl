@@ -3,20 +3,23 @@ enable wgpu_cooperative_matrix;
 // GPTQ dequant-matmul for many tokens (prefill) on the matrix units, through wgpu's experimental cooperative
 // matrices (16x16x16, f16 inputs, f32 accumulation: tensor cores on NVIDIA). Same math, prepared layout and
 // bindings as gptq_gemm.wgsl, which stays the portable path: the f32 FMA peak of an H100 (67 TFLOP/s) is below
-// the 72 TFLOP/s a 5,000 tok/s prefill needs (docs/PERF.md), the matrix units are ~15x above it.
+// the 70 TFLOP/s a 5,000 tok/s prefill needs (docs/PERF.md), the matrix units are ~15x above it.
 //
 // A workgroup computes a TM x TN tile of y with WG / 32 subgroups; subgroup s owns 32 tokens (two 16-row
 // tiles) x 16 CN columns. Per step of KT = 32 prepared rows the workgroup stages x (f32 -> f16) and the
 // dequantized weights (f16) in workgroup memory; every subgroup then loads its A (x) and B (w) fragments from
 // there. The next step's global loads are issued before this step's multiplies (registers), as in gptq_gemm.
+// Cooperative matrices make naga declare the Vulkan memory model for this module, and it emits the workgroup
+// barriers without availability/visibility flags; the kernel test on the H100 (poisoned outputs, partial tiles)
+// is what shows the driver orders workgroup memory across them.
 // Precision: with SPLIT_X and SPLIT_W, x and the dequantized weights are each held as a sum of two f16 (hi + lo,
 // 22 bits of mantissa) and y = xh wh + xl wh + xh wl in f32: three multiplies per product, close to the f32 path
 // (rounding both to one f16 moved full-size 8-bit logprobs by 0.035 against PyTorch: docs/PERF.md, run 43).
 // One of the two splits alone costs two multiplies per product.
 // The kernel test bounds both explicitly.
 //
-// Defines: BITS, TM (32 SGR), TN (16 CN SGC), CN (2 or 4), CN4 (CN = 4), SPLIT_X, SPLIT_W, WG (256: 8 subgroups of
-// SG_SIZE = 32), PERM, ZERO_BUF, ADD (as gptq_gemm.wgsl).
+// Defines: BITS, TM (tokens: 32 per subgroup row), TN (columns: 16 CN per subgroup column), CN (2 or 4), CN4
+// (CN = 4), SPLIT_X, SPLIT_W, WG (256: 8 subgroups of SG_SIZE = 32), PERM, ZERO_BUF, ADD (as gptq_gemm.wgsl).
 
 struct Params {
     k: u32,
@@ -67,10 +70,10 @@ const CQ: u32 = TN / 4u;               // column quads per tile
 @group(0) @binding(9) var<storage, read> ss: array<f32>;
 
 // xs[t * XS + kk]: activation of token t0 + t at prepared row k0 + kk (row-major A, tokens x K); xl its
-// low part (SPLIT)
+// low part (SPLIT_X)
 var<workgroup> xs: array<f16, TM * XS>;
 // ws[kk * WS + c]: dequantized weight of prepared row k0 + kk, column c0 + c (row-major B, K x columns); wl its
-// low part (SPLIT)
+// low part (SPLIT_W)
 var<workgroup> ws: array<f16, KT * WS>;
 //#if SPLIT_X
 var<workgroup> xl: array<f16, TM * XS>;

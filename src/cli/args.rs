@@ -21,6 +21,9 @@ pub struct DeviceArgs {
     /// Tokens per prefill step.
     #[arg(long, default_value_t = wgptq::session::DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: usize,
+    /// Keep the prefill on the portable f32 GEMM even where the adapter has matrix units (cooperative matrices).
+    #[arg(long)]
+    pub no_matrix_units: bool,
 }
 
 impl DeviceArgs {
@@ -29,6 +32,7 @@ impl DeviceArgs {
             device: DeviceOptions {
                 adapter: self.device.clone(),
                 backend: self.backend.clone(),
+                no_matrix_units: self.no_matrix_units,
                 ..DeviceOptions::default()
             },
             max_context: self.max_context,

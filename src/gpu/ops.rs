@@ -152,7 +152,20 @@ impl Pipelines {
                 cache: None,
             });
             Compiled { layout, pipeline }
-        })?;
+        });
+        let compiled = match compiled {
+            // Experimental on every backend: say how to run without it.
+            Err(Error::Gpu { op, reason }) if key.kernel == Kernel::GptqGemmCoop => {
+                return Err(Error::Gpu {
+                    op,
+                    reason: format!(
+                        "{reason}\nthis is the prefill GEMM on the matrix units (wgpu's experimental cooperative \
+                         matrices); --no-matrix-units or WGPTQ_COOP=0 selects the portable GEMM"
+                    ),
+                })
+            }
+            other => other?,
+        };
         let compiled = Arc::new(compiled);
         cache.insert(key.clone(), compiled.clone());
         Ok(compiled)

@@ -240,6 +240,31 @@ pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
     naga_module(key).map(|_| ())
 }
 
+/// The kernel as SPIR-V, translated by naga as wgpu 30 does for a Vulkan 1.3 device and a module created
+/// without runtime checks: backend failures (naga's SPIR-V writer can panic on modules that validate) show
+/// here, without a GPU.
+pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
+    let (module, info) = naga_module(key)?;
+    let options = naga::back::spv::Options {
+        lang_version: (1, 6),
+        bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
+        zero_initialize_workgroup_memory:
+            naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
+        force_loop_bounding: false,
+        ..Default::default()
+    };
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
+        Error::Shader {
+            shader: key.label(),
+            reason: format!("SPIR-V: {e}"),
+        }
+    })
+}
+
 /// The specialised kernel as a validated naga module (for tools that translate it themselves).
 pub fn naga_module(key: &KernelKey) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let src = key.source()?;

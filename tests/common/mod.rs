@@ -3,6 +3,7 @@
 
 pub mod files;
 pub mod gptq;
+pub mod gptq_run;
 mod gpu;
 
 use std::path::PathBuf;
