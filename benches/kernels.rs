@@ -1,6 +1,8 @@
 //! Kernel micro-benchmarks at OpenChat-3.5 (Mistral-7B) decode shapes: the GPTQ GEMV (4- and 8-bit g128, and
 //! 4-bit act-order) for the fused q|k|v, gate|up and down projections, decode attention over a 4096-token
-//! cache, and RMSNorm of one 4096-vector. Timing is device-synchronised: `iters` dispatches are recorded in one
+//! cache, and RMSNorm of one 4096-vector; and the prefill GEMM for 512 tokens at the gate|up and down shapes,
+//! on the matrix units where the adapter has them and on the portable f32 path (throughput in FLOP, reported as
+//! elements/s). Timing is device-synchronised: `iters` dispatches are recorded in one
 //! compute pass (as a decode step runs them), submitted, and waited for; only submit + wait is measured.
 //! Throughput is each op's byte floor, so criterion's bytes/s is directly comparable with the streaming ceiling.
 //!
@@ -53,8 +55,20 @@ fn time_dispatches(gpu: &Gpu, ds: &[Dispatch], iters: u64) -> Duration {
 /// One benchmark of the dispatch sequence `ds` (one op, e.g. attention and its combine); its throughput is
 /// the sum of the dispatches' byte floors.
 fn bench_one(c: &mut Criterion, gpu: &Gpu, group: &str, name: &str, ds: &[Dispatch]) {
+    let bytes = Throughput::Bytes(ds.iter().map(|d| d.bytes).sum());
+    bench_with(c, gpu, group, name, ds, bytes);
+}
+
+fn bench_with(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    group: &str,
+    name: &str,
+    ds: &[Dispatch],
+    throughput: Throughput,
+) {
     let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Bytes(ds.iter().map(|d| d.bytes).sum()));
+    g.throughput(throughput);
     g.bench_function(name, |b| {
         b.iter_custom(|iters| time_dispatches(gpu, ds, iters))
     });
@@ -159,6 +173,62 @@ fn bench_gemv(c: &mut Criterion, gpu: &Gpu, pipes: &Pipelines, div: usize) {
     }
 }
 
+/// The prefill GEMM for `tokens` tokens (4-bit g128 act-order, input already in the prepared order, as the
+/// planner runs it): the matrix-unit kernel where the adapter has it, and the portable one.
+fn bench_gemm(c: &mut Criterion, gpu: &Gpu, pipes: &Pipelines, div: usize, tokens: u32) {
+    let mut rng = SmallRng::seed_from_u64(2);
+    let step = gpu.uniform_init(
+        "step",
+        bytemuck::bytes_of(&StepParams {
+            n_tokens: tokens,
+            pos0: 0,
+            logits_row: tokens - 1,
+            _pad: 0,
+        }),
+    );
+    let dummy = gpu.storage("dummy", 16).expect("dummy buffer");
+    for (name, k, n) in [
+        ("gate_up", 4096 / div, 28672 / div),
+        ("down", 14336 / div, 4096 / div),
+    ] {
+        let lin = gptq_matrix(gpu, &mut rng, k, n, 4, true);
+        let kp = match &lin {
+            GpuLinear::Gptq(g) => g.kp,
+            GpuLinear::F16(_) => k,
+        };
+        let x = gpu
+            .storage_init(
+                "x",
+                bytemuck::cast_slice(&random_f32(&mut rng, tokens as usize * kp)),
+            )
+            .expect("x");
+        let y = gpu
+            .storage("y", (tokens as usize * n * 4) as u64)
+            .expect("y");
+        let units: &[bool] = if gpu.caps.coop_matrix {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        for &coop in units {
+            let mut mode = LinearMode::new(tokens, true, n as u32);
+            mode.pre_permuted = true;
+            mode.coop = coop;
+            let d =
+                linear::linear_dispatches(pipes, &step, &lin, &x, &y, &dummy, mode, Prologue::None)
+                    .expect("GEMM dispatch");
+            let flops = 2 * tokens as u64 * k as u64 * n as u64;
+            let group = if coop {
+                "gptq_gemm_matrix_units"
+            } else {
+                "gptq_gemm_f32"
+            };
+            let id = format!("{name}_{tokens}x{k}x{n}");
+            bench_with(c, gpu, group, &id, &d, Throughput::Elements(flops));
+        }
+    }
+}
+
 fn bench_attention(c: &mut Criterion, gpu: &Gpu, pipes: &Pipelines, ctx: usize) {
     let mut rng = SmallRng::seed_from_u64(2);
     let s = AttnShape {
@@ -245,5 +315,12 @@ fn main() {
     bench_gemv(&mut c, &gpu, &pipes, if full { 1 } else { 4 });
     bench_attention(&mut c, &gpu, &pipes, if full { 4096 } else { 512 });
     bench_rmsnorm(&mut c, &gpu, &pipes);
+    bench_gemm(
+        &mut c,
+        &gpu,
+        &pipes,
+        if full { 1 } else { 4 },
+        if full { 512 } else { 64 },
+    );
     c.final_summary();
 }
