@@ -166,15 +166,16 @@ fn silu_mul_gather_swiglu_and_argmax() {
         .storage_init("perm", bytemuck::cast_slice(&perm))
         .unwrap();
     let out = poisoned(&gpu, t * kp);
-    let d = kernels::gather_swiglu(
+    let d = kernels::gather(
         &pipes,
         &step,
         &gub,
         &pb,
         &out,
         kp as u32,
-        inter as u32,
+        2 * inter as u32,
         t as u32,
+        Some(inter as u32),
     )
     .unwrap();
     ops::run(&gpu, &[&d]).unwrap();

@@ -223,6 +223,7 @@ pub fn run_with_progress(
                 .to_string(),
         );
     }
+    let profiled = opts.profile && gpu.caps.timestamps;
     let mut prefill = Vec::with_capacity(opts.prompt_lens.len());
     for &len in &opts.prompt_lens {
         progress(&format!("prefill of {len} tokens"));
@@ -241,15 +242,12 @@ pub fn run_with_progress(
                 finite = logits.iter().all(|x| x.is_finite());
             }
         }
-        let profile = if opts.profile && gpu.caps.timestamps {
+        let profile = if profiled {
             session.reset();
-            match profile::profile_prefill(&session, &prompt, &setup) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    profile_note = Some(format!("per-op profile failed: {e}"));
-                    None
-                }
-            }
+            noted(
+                profile::profile_prefill(&session, &prompt, &setup),
+                &mut profile_note,
+            )
         } else {
             None
         };
@@ -280,15 +278,12 @@ pub fn run_with_progress(
                 encode_us.push(enc);
             }
         }
-        let profile = if opts.profile && gpu.caps.timestamps {
+        let profile = if profiled {
             session.rewind(ctx);
-            match profile::profile_decode(&session, first, &setup) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    profile_note = Some(format!("per-op profile failed: {e}"));
-                    None
-                }
-            }
+            noted(
+                profile::profile_decode(&session, first, &setup),
+                &mut profile_note,
+            )
         } else {
             None
         };
@@ -431,4 +426,10 @@ pub fn weights_bytes(w: &GpuWeights) -> u64 {
 /// Bytes of a session's buffers: activations, KV cache, and its logits/token readback buffers.
 pub fn session_bytes(plan: &Plan, vocab: usize) -> u64 {
     plan.bufs.kv_bytes() + plan.bufs.activation_bytes() + (vocab * 4 + 16) as u64
+}
+
+/// A per-op profile, or `None` with the reason kept for the report.
+fn noted(r: Result<OpProfile>, note: &mut Option<String>) -> Option<OpProfile> {
+    r.map_err(|e| *note = Some(format!("per-op profile failed: {e}")))
+        .ok()
 }

@@ -338,49 +338,11 @@ pub fn attention(
     Ok(d)
 }
 
-/// x [cap, x_stride] → out [cap, kp] with out[t, k] = x[t, perm[k]] (0 where perm[k] = u32::MAX).
+/// x [cap, x_stride] → out [cap, kp] with out[t, k] = x[t, perm[k]] (0 where perm[k] = u32::MAX). With
+/// `swiglu_half = Some(I)`, x is gate|up ([cap, 2 I], x_stride = 2 I) and out[t, k] = silu(gate[t, perm[k]]) ·
+/// up[t, perm[k]]: the down projection's act-order input in one pass (silu_mul and gather fused).
 #[allow(clippy::too_many_arguments)]
 pub fn gather(
-    pipes: &Pipelines,
-    step: &wgpu::Buffer,
-    x: &wgpu::Buffer,
-    perm: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    kp: u32,
-    x_stride: u32,
-    capacity: u32,
-) -> Result<Dispatch> {
-    gather_key(pipes, step, x, perm, out, kp, x_stride, capacity, None)
-}
-
-/// gate_up [cap, 2 I] → out [cap, kp] with out[t, k] = silu(gate[t, perm[k]]) · up[t, perm[k]]: the down
-/// projection's act-order input in one pass (silu_mul and gather fused).
-#[allow(clippy::too_many_arguments)]
-pub fn gather_swiglu(
-    pipes: &Pipelines,
-    step: &wgpu::Buffer,
-    gate_up: &wgpu::Buffer,
-    perm: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    kp: u32,
-    inter: u32,
-    capacity: u32,
-) -> Result<Dispatch> {
-    gather_key(
-        pipes,
-        step,
-        gate_up,
-        perm,
-        out,
-        kp,
-        2 * inter,
-        capacity,
-        Some(inter),
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gather_key(
     pipes: &Pipelines,
     step: &wgpu::Buffer,
     x: &wgpu::Buffer,

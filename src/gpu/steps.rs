@@ -352,6 +352,15 @@ pub fn prefill(
     let qkv_n = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) as u32;
     let inter = c.intermediate_size as u32;
     let attn = attn_shape(w, shape);
+    /// What a prefill linear reads.
+    enum Input<'a> {
+        /// x itself; act-order gathers it into `scratch` (a buffer free at this point of the layer), so the
+        /// GEMM's loads are coalesced.
+        Plain(&'a wgpu::Buffer, &'a wgpu::Buffer),
+        /// silu(gate) · up of gate|up ([cap, 2 I]), made in `act` ([cap, I]): by the act-order gather itself
+        /// where the prepared rows fit `act`, by silu_mul otherwise.
+        SwiGlu(&'a wgpu::Buffer, &'a wgpu::Buffer, u32),
+    }
     #[allow(clippy::too_many_arguments)]
     fn linears<'a>(
         d: &mut Vec<Dispatch>,
@@ -359,50 +368,53 @@ pub fn prefill(
         b: &Activations,
         cap: u32,
         parts: impl IntoIterator<Item = (&'a GpuLinear, u32)>,
-        (x, scratch): (&wgpu::Buffer, &wgpu::Buffer),
+        input: Input<'_>,
         y: &wgpu::Buffer,
         stride: u32,
         add: bool,
         op: &'static str,
     ) -> Result<()> {
+        let (src, target, swiglu) = match input {
+            Input::Plain(x, scratch) => (x, scratch, None),
+            Input::SwiGlu(gate_up, act, inter) => (gate_up, act, Some(inter)),
+        };
+        let width = target.size() / 4 / cap as u64;
         for (lin, col0) in parts {
             let mut m = LinearMode::new(cap, true, stride);
             m.y_col0 = col0;
             m.add = add;
-            // Act-order: gather x into the prepared order first, into `scratch` (a buffer free at this point of
-            // the layer), so the GEMM's loads are coalesced.
-            let mut input = x;
-            if let GpuLinear::Gptq(g) = lin {
-                let width = scratch.size() / 4 / cap as u64;
-                if let Some(perm) = g.perm.as_ref().filter(|_| g.kp as u64 <= width) {
+            let perm = match lin {
+                GpuLinear::Gptq(g) if g.kp as u64 <= width => g.perm.as_ref().map(|p| (p, g)),
+                _ => None,
+            };
+            let x = match (perm, swiglu) {
+                (Some((perm, g)), _) => {
+                    let x_stride = swiglu.map_or(g.k as u32, |i| 2 * i);
                     d.push(
                         kernels::gather(
                             pipes,
                             &b.step,
-                            x,
+                            src,
                             perm,
-                            scratch,
+                            target,
                             g.kp as u32,
-                            g.k as u32,
+                            x_stride,
                             cap,
+                            swiglu,
                         )?
                         .named(op),
                     );
                     m.pre_permuted = true;
-                    input = scratch;
+                    target
                 }
-            }
+                (None, Some(inter)) => {
+                    d.push(kernels::silu_mul(pipes, &b.step, src, target, inter, cap)?);
+                    target
+                }
+                (None, None) => src,
+            };
             d.extend(named(
-                linear::linear_dispatches(
-                    pipes,
-                    &b.step,
-                    lin,
-                    input,
-                    y,
-                    &b.dummy,
-                    m,
-                    Prologue::None,
-                )?,
+                linear::linear_dispatches(pipes, &b.step, lin, x, y, &b.dummy, m, Prologue::None)?,
                 op,
             ));
         }
@@ -427,7 +439,7 @@ pub fn prefill(
             b,
             cap,
             l.qkv.iter().map(|(l, c)| (l, *c)),
-            (&b.xn, &b.act),
+            Input::Plain(&b.xn, &b.act),
             &b.qkv,
             qkv_n,
             false,
@@ -454,7 +466,7 @@ pub fn prefill(
             b,
             cap,
             [(&l.o, 0)],
-            (&b.attn, &b.act),
+            Input::Plain(&b.attn, &b.act),
             &b.x,
             h,
             true,
@@ -477,65 +489,24 @@ pub fn prefill(
             b,
             cap,
             gu,
-            (&b.xn, &b.act),
+            Input::Plain(&b.xn, &b.act),
             &b.gate_up,
             2 * inter,
             false,
             "gate_up",
         )?;
-        // Act-order down: SwiGLU and the gather in one pass, from gate|up into `act` in the prepared order.
-        let width = b.act.size() / 4 / cap as u64;
-        match &l.down {
-            GpuLinear::Gptq(g) if g.perm.is_some() && g.kp as u64 <= width => {
-                let perm = g.perm.as_ref().expect("matched above");
-                d.push(
-                    kernels::gather_swiglu(
-                        pipes,
-                        step,
-                        &b.gate_up,
-                        perm,
-                        &b.act,
-                        g.kp as u32,
-                        inter,
-                        cap,
-                    )?
-                    .named("down"),
-                );
-                let mut m = LinearMode::new(cap, true, h);
-                m.add = true;
-                m.pre_permuted = true;
-                d.extend(named(
-                    linear::linear_dispatches(
-                        pipes,
-                        step,
-                        &l.down,
-                        &b.act,
-                        &b.x,
-                        &b.dummy,
-                        m,
-                        Prologue::None,
-                    )?,
-                    "down",
-                ));
-            }
-            _ => {
-                d.push(kernels::silu_mul(
-                    pipes, step, &b.gate_up, &b.act, inter, cap,
-                )?);
-                linears(
-                    &mut d,
-                    pipes,
-                    b,
-                    cap,
-                    [(&l.down, 0)],
-                    (&b.act, &b.gate_up),
-                    &b.x,
-                    h,
-                    true,
-                    "down",
-                )?;
-            }
-        }
+        linears(
+            &mut d,
+            pipes,
+            b,
+            cap,
+            [(&l.down, 0)],
+            Input::SwiGlu(&b.gate_up, &b.act, inter),
+            &b.x,
+            h,
+            true,
+            "down",
+        )?;
     }
     head(&mut d, pipes, w, b, cap, !shape.all_logits)?;
     Ok(d)
