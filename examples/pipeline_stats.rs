@@ -33,6 +33,8 @@ fn keys() -> Vec<KernelKey> {
                     epi,
                     idot,
                     coop_tm: 0,
+                    coop_wg: 0,
+                    coop_scaled: false,
                     coop_split: (false, false),
                 },
                 sg,
@@ -49,8 +51,14 @@ fn keys() -> Vec<KernelKey> {
     }
     v.push(make_key(Kernel::Rope, 256, sg, &[]));
     v.push(make_key(Kernel::ReduceAdd, 256, sg, &[]));
-    // Prefill: the tensor-core GEMM with and without the hi + lo split, and the tiled attention.
-    for coop_split in [(true, true), (false, false)] {
+    // Prefill: the tensor-core GEMM with and without the hi + lo split, at both workgroup sizes, and the tiled
+    // attention.
+    for (coop_split, coop_wg, coop_scaled) in [
+        ((true, true), 256, false),
+        ((false, false), 256, false),
+        ((true, true), 512, false),
+        ((true, false), 256, true),
+    ] {
         v.push(gptq_key(
             &GptqVariant {
                 bits: 4,
@@ -63,6 +71,8 @@ fn keys() -> Vec<KernelKey> {
                 epi: false,
                 idot: false,
                 coop_tm: 128,
+                coop_wg,
+                coop_scaled,
                 coop_split,
             },
             sg,

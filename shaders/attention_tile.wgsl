@@ -5,9 +5,11 @@
 // and online softmax over the f16 cache, the sliding window i - W < j <= i, GQA (head h reads kv head
 // h / (n_heads / n_kv)).
 //
-// Threads: query tq = lid / 8 of the tile and sub = lid % 8. For the scores, sub owns keys 2 sub, 2 sub + 1 of
-// the block; for the output, head dims sub HD / 8 .. (sub + 1) HD / 8 - 1. The 8 threads of a query combine
-// their block maxima and sums through workgroup memory.
+// Threads: query tq of the tile and sub (0..7). For the scores, sub owns keys 2 sub, 2 sub + 1 of the block; for
+// the output, head dims sub HD / 8 .. (sub + 1) HD / 8 - 1. With subgroups (of a multiple of 8 lanes) a query's 8
+// threads are 8 consecutive lanes and combine their block maxima, sums and weights by shuffles, leaving two
+// barriers per block (the K/V staging); without, tq = lid / 8, sub = lid % 8 and they go through workgroup
+// memory (four barriers per block).
 //
 // Defines: WG (256 = 8 BQ), HD (head_dim, a multiple of 32, at most 128), BK (16).
 
@@ -55,15 +57,26 @@ fn halves(w: vec2<u32>) -> vec4<f32> {
 }
 
 @compute @workgroup_size({{WG}})
+//#if SUBGROUP
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+//#else
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+//#endif
     let h = wid.x;
     let t0 = wid.y * BQ;
     let n_tok = step.n_tokens;
     if (t0 >= n_tok) { return; }
     let nq = min(BQ, n_tok - t0);
     let kvh = h / (p.n_heads / p.n_kv);
+//#if SUBGROUP
+    let tq = sg * ({{SG_SIZE}}u / 8u) + lane / 8u;
+    let sub = lane % 8u;
+    let base = lane - sub; // the query's first lane
+//#else
     let tq = lid / 8u;
     let sub = lid % 8u;
+//#endif
     let row_stride = p.n_heads * {{HD}}u;
     for (var e = lid; e < BQ * D4; e += {{WG}}u) {
         let r = e / D4;
@@ -109,6 +122,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let ja = j0 + 2u * sub;
         let ok = vec2<bool>(ja >= k_lo && ja <= i, ja + 1u >= k_lo && ja + 1u <= i);
         s = select(vec2<f32>(-3.4e38), s, ok);
+//#if SUBGROUP
+        var mx = max(s.x, s.y);
+        mx = max(mx, subgroupShuffleXor(mx, 1u));
+        mx = max(mx, subgroupShuffleXor(mx, 2u));
+        mx = max(mx, subgroupShuffleXor(mx, 4u));
+        let m_new = max(m, mx);
+        let pr = select(vec2<f32>(0.0), exp(s - vec2<f32>(m_new)), ok);
+        var sum = pr.x + pr.y;
+        sum += subgroupShuffleXor(sum, 1u);
+        sum += subgroupShuffleXor(sum, 2u);
+        sum += subgroupShuffleXor(sum, 4u);
+//#else
         red_m[lid] = max(s.x, s.y);
         workgroupBarrier();
         var mx = red_m[tq * 8u];
@@ -121,14 +146,21 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         workgroupBarrier();
         var sum = 0.0;
         for (var u = 0u; u < 8u; u++) { sum += red_s[tq * 8u + u]; }
+//#endif
         let alpha = exp(m - m_new);
         l = l * alpha + sum;
         m = m_new;
         for (var c = 0u; c < DV; c++) { acc[c] *= alpha; }
-        for (var b = 0u; b < BK; b++) {
-            let pb = ps[tq * BK + b];
+        for (var b2 = 0u; b2 < BK / 2u; b2++) {
+            // The weights of keys 2 b2 and 2 b2 + 1, from the thread that scored them.
+//#if SUBGROUP
+            let pp = vec2<f32>(subgroupShuffle(pr.x, base + b2), subgroupShuffle(pr.y, base + b2));
+//#else
+            let pp = vec2<f32>(ps[tq * BK + 2u * b2], ps[tq * BK + 2u * b2 + 1u]);
+//#endif
             for (var c = 0u; c < DV; c++) {
-                acc[c] += pb * halves(vs[b * KS + sub * DV + c]);
+                acc[c] += pp.x * halves(vs[(2u * b2) * KS + sub * DV + c]);
+                acc[c] += pp.y * halves(vs[(2u * b2 + 1u) * KS + sub * DV + c]);
             }
         }
     }

@@ -1,6 +1,11 @@
 // Act-order gather for the prefill GEMM: out[t, k] = x[t, perm[k]] (0 for padding rows), so the GEMM stages its
 // activations with coalesced loads instead of one scattered load per element per column tile (runs 22-24,
 // docs/PERF.md: the scattered staging held the prefill GEMM at 5 TFLOP/s on the H100).
+// A workgroup takes `span` prepared rows of one token (one thread each, in turns): the whole row for a plain
+// gather, so its scattered reads come from the SM's L1 after the first touch of each sector (a grid of one
+// element per thread spread every row over all SMs: 0.95 -> 0.51 ms per 32 calls of a 512-token chunk on the
+// H100, docs/PERF.md run 58); WG rows for SWIGLU, whose 14336-wide rows then took 6.9 ms instead of 3.7 (a
+// thread's loop of dependent loads and exp per element, one workgroup per row, was latency-bound).
 // SWIGLU = 1 gathers the down projection's input straight from gate|up: out[t, k] = silu(g) * u with
 // g = x[t, perm[k]], u = x[t, half + perm[k]] (one pass instead of silu_mul and a gather).
 //
@@ -10,7 +15,7 @@ struct Params {
     kp: u32,       // prepared rows (the row length of out)
     x_stride: u32, // row stride of x
     half: u32,     // SWIGLU: column of up[0] in x (the intermediate size)
-    _pad1: u32,
+    span: u32,     // prepared rows per workgroup
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,19 +28,21 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size({{WG}})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let k = gid.x;
-    let t = gid.y;
-    if (t >= step.n_tokens || k >= p.kp) { return; }
-    let src = perm[k];
-    var v = 0.0;
-    if (src != 0xffffffffu) {
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = wid.y;
+    if (t >= step.n_tokens) { return; }
+    let end = min(wid.x * p.span + p.span, p.kp);
+    for (var k = wid.x * p.span + lid; k < end; k += {{WG}}u) {
+        let src = perm[k];
+        var v = 0.0;
+        if (src != 0xffffffffu) {
 //#if SWIGLU
-        let g = x[t * p.x_stride + src];
-        v = g / (1.0 + exp(-g)) * x[t * p.x_stride + p.half + src];
+            let g = x[t * p.x_stride + src];
+            v = g / (1.0 + exp(-g)) * x[t * p.x_stride + p.half + src];
 //#else
-        v = x[t * p.x_stride + src];
+            v = x[t * p.x_stride + src];
 //#endif
+        }
+        out[t * p.kp + k] = v;
     }
-    out[t * p.kp + k] = v;
 }

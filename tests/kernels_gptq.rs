@@ -68,7 +68,7 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             residual: false,
             gathered: false,
             idot: false,
-            coop: false,
+            coop: None,
             cap: 0,
         };
         run_case(&case, run, &mut rng);
@@ -76,14 +76,20 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         if !gemm {
             run_case(&case, Run { idot: true, ..run }, &mut rng);
         }
-        // The matrix units on the same case (adapters that have them; lavapipe has not).
-        if gemm && common::gpu().caps.coop_matrix {
-            run_case(&case, Run { coop: true, ..run }, &mut rng);
+        // The matrix units on the same case, every tile (adapters that have them; lavapipe has not).
+        for tile in coop_tiles(gemm) {
+            run_case(
+                &case,
+                Run {
+                    coop: Some(tile),
+                    ..run
+                },
+                &mut rng,
+            );
         }
         // The prefill path for act-order checkpoints: gather, then the GEMM on the prepared order.
         if gemm && case.g_idx.is_some() {
-            let has_coop = common::gpu().caps.coop_matrix;
-            for coop in [false, true].into_iter().filter(|&c| has_coop || !c) {
+            for coop in std::iter::once(None).chain(coop_tiles(true).map(Some)) {
                 run_case(
                     &case,
                     Run {
@@ -107,6 +113,16 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             }
         }
     }
+}
+
+/// The matrix-unit GEMM's tiles this adapter runs (none on adapters without matrix units, e.g. lavapipe).
+fn coop_tiles(gemm: bool) -> impl Iterator<Item = (u32, u32)> {
+    let caps = &common::gpu().caps;
+    let on = gemm && caps.coop_matrix;
+    let max = caps.max_invocations;
+    linear::COOP_TILES
+        .into_iter()
+        .filter(move |t| on && t.1 <= max)
 }
 
 #[test]
@@ -144,7 +160,7 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
             residual: true,
             gathered: false,
             idot: false,
-            coop: false,
+            coop: None,
             cap: 0,
         };
         run_case(&case, run, &mut rng);
@@ -234,7 +250,6 @@ fn gptq_gemm_whole_tiles_in_a_larger_plan() {
         (4352, 128, 8, Some(32), GIdx::Absent, false, 128, 128),
         (200, 384, 4, None, GIdx::ActOrder, true, 37, 128),
     ];
-    let has_coop = common::gpu().caps.coop_matrix;
     for (i, &(k, n, bits, group, g, sym, t, cap)) in specs.iter().enumerate() {
         let sp = Spec {
             k,
@@ -246,7 +261,7 @@ fn gptq_gemm_whole_tiles_in_a_larger_plan() {
             format: V1,
         };
         let case = make_case(&mut rng, sp);
-        for coop in [false, true].into_iter().filter(|&c| has_coop || !c) {
+        for coop in std::iter::once(None).chain(coop_tiles(true).map(Some)) {
             let run = Run {
                 t,
                 gemm: true,

@@ -279,6 +279,7 @@ fn f16_matmul_chunks_and_last_row() {
             x_splits: 1,
             idot: false,
             coop: false,
+            coop_tile: None,
             pre_permuted: false,
         };
         let d =

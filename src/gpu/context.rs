@@ -60,6 +60,9 @@ pub struct Caps {
     /// The prefill GEMM runs on the matrix units: wgpu's experimental cooperative matrices with 16x16x16 f16
     /// inputs and f32 accumulation, 32-wide subgroups and room for [`COOP_WORKGROUP_BYTES`].
     pub coop_matrix: bool,
+    /// `subgroupBarrier()` (wgpu's SUBGROUP_BARRIER), requested with the matrix units: the scaled matrix-unit GEMM
+    /// rescales its accumulators under subgroup barriers ([`crate::gpu::linear::coop_scaled`]).
+    pub subgroup_barrier: bool,
 }
 
 /// Workgroup memory the cooperative-matrix GEMM needs at most (its largest tile).
@@ -215,6 +218,10 @@ impl Caps {
             required |=
                 wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
         }
+        let subgroup_barrier = coop_matrix && features.contains(wgpu::Features::SUBGROUP_BARRIER);
+        if subgroup_barrier {
+            required |= wgpu::Features::SUBGROUP_BARRIER;
+        }
         let caps = Caps {
             subgroup_size,
             timestamps,
@@ -224,6 +231,7 @@ impl Caps {
             max_invocations: limits.max_compute_invocations_per_workgroup,
             is_cpu: info.device_type == wgpu::DeviceType::Cpu,
             coop_matrix,
+            subgroup_barrier,
         };
         (caps, required)
     }

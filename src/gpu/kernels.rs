@@ -60,6 +60,8 @@ struct AttnParams {
 }
 
 const EW_WG: u32 = 64;
+/// Threads of a gather workgroup (one token row each).
+const GATHER_WG: u32 = 256;
 const ROW_WG: u32 = 256;
 
 /// tokens [cap] → x [cap, hidden]; one dispatch per embedding chunk (row_start, rows, buffer).
@@ -353,21 +355,27 @@ pub fn gather(
     capacity: u32,
     swiglu_half: Option<u32>,
 ) -> Result<Dispatch> {
+    // Whole rows per workgroup for the plain gather, one element per thread for SwiGLU (shader header).
+    let span = if swiglu_half.is_some() {
+        GATHER_WG
+    } else {
+        kp.max(1)
+    };
     pipes.dispatch(
         pipes.key(
             Kernel::Gather,
-            EW_WG,
+            GATHER_WG,
             &[("SWIGLU", swiglu_half.is_some() as u32)],
         ),
         &P4 {
             a: kp,
             b: x_stride,
             c: swiglu_half.unwrap_or(0),
-            d: 0,
+            d: span,
         },
         step,
         &[x, perm, out],
-        [kp.div_ceil(EW_WG), capacity, 1],
+        [kp.div_ceil(span), capacity, 1],
         (kp * if swiglu_half.is_some() { 16 } else { 12 }) as u64,
     )
 }
@@ -462,8 +470,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
-        make_key(Kernel::Gather, EW_WG, sg, &[("SWIGLU", 0)]),
-        make_key(Kernel::Gather, EW_WG, sg, &[("SWIGLU", 1)]),
+        make_key(Kernel::Gather, GATHER_WG, sg, &[("SWIGLU", 0)]),
+        make_key(Kernel::Gather, GATHER_WG, sg, &[("SWIGLU", 1)]),
     ];
     // Every head_dim AttnShape::check accepts.
     for hd in (4..=256u32).step_by(4) {

@@ -187,6 +187,8 @@ pub struct LinearMode {
     /// GEMM only: run on the matrix units where the device has them ([`super::context::Caps::coop_matrix`]) and
     /// the matrix fits the kernel ([`coop_fits`]); the portable f32 GEMM otherwise.
     pub coop: bool,
+    /// Matrix-unit GEMM: (token tile, workgroup size) from [`COOP_TILES`]; `None` = the default ([`coop_tile`]).
+    pub coop_tile: Option<(u32, u32)>,
     /// GEMM only: x is already in the prepared row order ([capacity, kp], written by `kernels::gather`), so the
     /// act-order permutation is not applied again.
     pub pre_permuted: bool,
@@ -207,6 +209,7 @@ impl LinearMode {
             x_splits: 1,
             idot: idot_default(),
             coop: true,
+            coop_tile: None,
             pre_permuted: false,
         }
     }
@@ -252,6 +255,30 @@ pub enum Epilogue<'a> {
         ss: &'a wgpu::Buffer,
         counters: &'a wgpu::Buffer,
     },
+}
+
+/// The matrix-unit GEMM's (token tile, workgroup size) for this matrix in this mode, or `None` where the portable
+/// GEMM (or a GEMV) runs.
+pub fn coop_choice(
+    pipes: &Pipelines,
+    g: &GpuGptq,
+    mode: &LinearMode,
+) -> Result<Option<(u32, u32)>> {
+    let caps = &pipes.gpu.caps;
+    if !(mode.gemm && mode.coop && caps.coop_matrix && coop_fits(g.group_rows)) {
+        return Ok(None);
+    }
+    match mode.coop_tile {
+        Some(t) if COOP_TILES.contains(&t) && t.1 <= caps.max_invocations => Ok(Some(t)),
+        Some(t) => Err(Error::Gpu {
+            op: "gptq_gemm_coop".into(),
+            reason: format!(
+                "tile {t:?} is not one of {COOP_TILES:?} within this adapter's {} threads per workgroup",
+                caps.max_invocations
+            ),
+        }),
+        None => Ok(Some(coop_tile(caps.max_invocations))),
+    }
 }
 
 /// Dispatches computing y (+)= x Wᵀ for `lin`. `dummy` is bound where a kernel variant reads nothing.
@@ -324,14 +351,13 @@ pub fn linear_dispatches_epi(
             }
             let pf = 32 / g.bits as usize;
             let idot = !mode.gemm && mode.idot && idot_fits(g.kp, g.group_rows);
-            let coop_tm = if mode.gemm
-                && mode.coop
-                && pipes.gpu.caps.coop_matrix
-                && coop_fits(g.group_rows)
-            {
-                coop_tm()
-            } else {
-                0
+            let (coop_tm, coop_wg) = coop_choice(pipes, g, &mode)?.unwrap_or((0, 0));
+            let scaled = coop_tm > 0 && coop_scaled(&pipes.gpu.caps, g.kp, g.group_rows, coop_wg);
+            let split = match coop_split() {
+                _ if coop_tm == 0 => (false, false),
+                // Exact weights need no split.
+                (x, _) if scaled => (x, false),
+                s => s,
             };
             // Splits of whole packed words, or of whole activation blocks on the integer path.
             let split_rows =
@@ -380,11 +406,9 @@ pub fn linear_dispatches_epi(
                 epi: residual,
                 idot,
                 coop_tm,
-                coop_split: if coop_tm > 0 {
-                    coop_split()
-                } else {
-                    (false, false)
-                },
+                coop_wg,
+                coop_scaled: scaled,
+                coop_split: split,
             };
             let key = gptq_key(&var, pipes.gpu.caps.subgroup_size);
             let n4 = (g.n / 4) as u32;

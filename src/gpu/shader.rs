@@ -151,13 +151,15 @@ impl KernelKey {
     /// The specialised WGSL source (prelude + kernel).
     pub fn source(&self) -> Result<String> {
         // naga (wgpu 30) enables subgroup builtins through the SUBGROUP device feature, not `enable subgroups;`.
-        // A kernel's own `enable` directives (f16, cooperative matrices) must precede every declaration, so
-        // they go before the prelude.
-        let (enables, body): (Vec<&str>, Vec<&str>) = self
-            .kernel
-            .source()
-            .lines()
-            .partition(|l| l.starts_with("enable "));
+        // A kernel's own `enable` directives (f16, cooperative matrices; possibly under `//#if`) must precede
+        // every declaration, so they go before the prelude once the kernel is specialised.
+        let kernel =
+            preprocess(self.kernel.source(), &self.defines).map_err(|reason| Error::Shader {
+                shader: self.label(),
+                reason,
+            })?;
+        let (enables, body): (Vec<&str>, Vec<&str>) =
+            kernel.lines().partition(|l| l.starts_with("enable "));
         let mut text = String::new();
         for e in enables {
             text.push_str(e);
@@ -240,29 +242,46 @@ pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
     naga_module(key).map(|_| ())
 }
 
-/// The kernel as SPIR-V, translated by naga as wgpu 30 does for a Vulkan 1.3 device and a module created
-/// without runtime checks: backend failures (naga's SPIR-V writer can panic on modules that validate) show
+/// The kernel as SPIR-V, translated by naga as wgpu 30 does for a Vulkan 1.3 device: backend failures (naga's SPIR-V writer can panic on modules that validate) show
 /// here, without a GPU.
 pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
     let (module, info) = naga_module(key)?;
-    let options = naga::back::spv::Options {
-        lang_version: (1, 6),
-        bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
-        zero_initialize_workgroup_memory:
-            naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
-        force_loop_bounding: false,
-        ..Default::default()
-    };
     let pipeline = naga::back::spv::PipelineOptions {
         shader_stage: naga::ShaderStage::Compute,
         entry_point: "main".into(),
     };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
-        Error::Shader {
-            shader: key.label(),
-            reason: format!("SPIR-V: {e}"),
-        }
-    })
+    // wgptq creates its modules without runtime checks; with `WGPTQ_BOUNDS_CHECKS=1` wgpu's Vulkan backend
+    // restricts indices into arrays, and storage-buffer accesses too unless the device has robustBufferAccess2:
+    // translate under all three, return the unchecked one (the last).
+    use naga::proc::BoundsCheckPolicy::{Restrict, Unchecked};
+    let mut out = Vec::new();
+    for (index, buffer) in [
+        (Restrict, Restrict),
+        (Restrict, Unchecked),
+        (Unchecked, Unchecked),
+    ] {
+        let options = naga::back::spv::Options {
+            lang_version: (1, 6),
+            bounds_check_policies: naga::proc::BoundsCheckPolicies {
+                index,
+                buffer,
+                image_load: Unchecked,
+                binding_array: Unchecked,
+            },
+            zero_initialize_workgroup_memory:
+                naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
+            force_loop_bounding: false,
+            ..Default::default()
+        };
+        out =
+            naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
+                Error::Shader {
+                    shader: key.label(),
+                    reason: format!("SPIR-V ({index:?} indices, {buffer:?} buffer accesses): {e}"),
+                }
+            })?;
+    }
+    Ok(out)
 }
 
 /// The specialised kernel as a validated naga module (for tools that translate it themselves).
@@ -272,12 +291,15 @@ pub fn naga_module(key: &KernelKey) -> Result<(naga::Module, naga::valid::Module
         shader: key.label(),
         reason: e.emit_to_string(&src),
     })?;
-    // Everything wgpu can grant except what wgptq never requests (SUBGROUP_BARRIER: a kernel using it fails on
-    // the device, so it must fail here).
-    let mut validator = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all() - naga::valid::Capabilities::SUBGROUP_BARRIER,
-    );
+    // Everything wgpu can grant, less SUBGROUP_BARRIER outside the one kernel planned only where the device was
+    // given it (the scaled matrix-unit GEMM): any other kernel using it would fail on the device, so it must fail
+    // here.
+    let caps = if key.kernel == Kernel::GptqGemmCoop && key.defines.get("SCALED") == Some(&1) {
+        naga::valid::Capabilities::all()
+    } else {
+        naga::valid::Capabilities::all() - naga::valid::Capabilities::SUBGROUP_BARRIER
+    };
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
     let info = validator.validate(&module).map_err(|e| Error::Shader {
         shader: key.label(),
         reason: e.emit_to_string(&src),

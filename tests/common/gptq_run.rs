@@ -29,8 +29,9 @@ pub struct Run {
     pub gathered: bool,
     /// GEMV: the integer path (activations quantized per 32-row block) where the matrix fits it.
     pub idot: bool,
-    /// GEMM: the matrix units (f16 inputs, f32 sums) where the adapter has them and the matrix fits.
-    pub coop: bool,
+    /// GEMM: the matrix units (f16 inputs, f32 sums) with this (token tile, workgroup size) where the adapter has
+    /// them and the matrix fits; `None` = the portable GEMM.
+    pub coop: Option<(u32, u32)>,
     /// Rows the plan holds (0 = t): a GEMM whose last token tile is partly outside the step (rows past t are
     /// the kernel's to scribble on, as in a prefill chunk; only rows < t are checked).
     pub cap: usize,
@@ -151,9 +152,11 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         splits,
         x_splits,
         idot,
-        coop,
+        coop: coop.is_some(),
+        coop_tile: coop,
         pre_permuted: gathered,
     };
+
     // The gathered input: [t, kp] in the prepared order, poisoned first so unwritten rows show.
     let gathered_x = gpu
         .storage_init(
@@ -251,6 +254,7 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     // half that step per element, so at most max|a| / 32512 times sum |W| per output.
     let idot_used = idot && !gemm && linear::idot_fits(prepared.kp, prepared.group_rows);
     let coop_used = coop_taken(run, &prepared);
+    let scaled_used = coop_used && scaled_taken(run, &prepared);
     let mut bad = Vec::new();
     for tt in 0..t {
         for c in 0..case.n {
@@ -273,6 +277,8 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
             // The matrix units see x and the dequantized weight as f16: one each (relative error at most 2^-11
             // each), or with the split a hi + lo pair each (2^-22), of which xl wl is left out (2^-22); below
             // the normal range a f16 part is off by at most 2^-25 absolute. Products are summed in f32.
+            // Scaled: the weights are exact integers; each group's end multiplies the partial sums by a rounded
+            // ratio of scales (two roundings of 2^-24 per group, on sums bounded by the sum of |terms|).
             if coop_used {
                 let xs = &x[tt * case.k..(tt + 1) * case.k];
                 let tiny = xs.iter().map(|v| v.abs() as f64).sum::<f64>() + wabs / times;
@@ -285,7 +291,12 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
                         2f64.powi(-11)
                     }
                 };
-                let rel = (part(sx) + part(sw)) * 1.01 + 2f64.powi(-22);
+                let rel = if scaled_used {
+                    let groups = prepared.kp.div_ceil(prepared.group_rows) as f64;
+                    part(sx) * 1.01 + 2f64.powi(-22) + 2.0 * (groups + 1.0) * 2f64.powi(-24)
+                } else {
+                    (part(sx) + part(sw)) * 1.01 + 2f64.powi(-22)
+                };
                 tol += times * (mag * rel + tiny * 2f64.powi(-24));
             }
             if idot_used {
@@ -314,9 +325,18 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     );
 }
 
+/// Whether the matrix-unit GEMM applies the group scales to its accumulators (exact integer weights).
+fn scaled_taken(run: Run, prepared: &prep::PreparedGptq) -> bool {
+    let wg = run.coop.map_or(0, |t| t.1);
+    linear::coop_scaled(&super::gpu().caps, prepared.kp, prepared.group_rows, wg)
+}
+
 /// Whether the run's GEMM goes to the matrix units.
 fn coop_taken(run: Run, prepared: &prep::PreparedGptq) -> bool {
-    run.gemm && run.coop && super::gpu().caps.coop_matrix && linear::coop_fits(prepared.group_rows)
+    run.gemm
+        && run.coop.is_some()
+        && super::gpu().caps.coop_matrix
+        && linear::coop_fits(prepared.group_rows)
 }
 
 /// The kernel took the path the run asked for: the integer GEMV exactly where the matrix fits it, the matrix-unit
@@ -328,6 +348,12 @@ fn check_path(d: &[ops::Dispatch], run: Run, prepared: &prep::PreparedGptq) {
             assert_eq!(
                 x.label.contains("gptq_gemm_coop"),
                 want,
+                "{} for {run:?}",
+                x.label
+            );
+            assert_eq!(
+                x.label.contains("SCALED=1"),
+                want && scaled_taken(run, prepared),
                 "{} for {run:?}",
                 x.label
             );

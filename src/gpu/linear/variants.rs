@@ -55,17 +55,35 @@ pub const GEMM_KT: u32 = 32;
 pub const GEMM_WG: u32 = GEMM_TM / 4 * GEMM_COLS4;
 pub const F16_ROWS: u32 = 4;
 pub const F16_LANES: u32 = 64;
-/// Cooperative-matrix GEMM (prefill on the matrix units): 8 subgroups of 32, a tile of COOP_TN columns and
-/// 128 tokens, or 64 (`WGPTQ_COOP_TM=64`, benchmarking: 3,674 against 4,448 tok/s with 512-token chunks,
-/// docs/PERF.md run 44); each subgroup owns 32 tokens x 16 CN columns.
-pub const COOP_WG: u32 = 256;
+/// Cooperative-matrix GEMM (prefill on the matrix units): a tile of COOP_TN columns and 128 tokens, or 64
+/// (`WGPTQ_COOP_TM=64`, benchmarking: 3,674 against 4,448 tok/s with 512-token chunks, docs/PERF.md run 44),
+/// split over the workgroup's subgroups of 32 threads, each owning 32 tokens x 16 CN columns.
 pub const COOP_TN: u32 = 128;
-pub const COOP_TMS: [u32; 2] = [64, 128];
+/// The cooperative-matrix GEMM's (token tile, workgroup size) choices: 8 subgroups of 32 x 64 or 32 x 32, or 16
+/// subgroups of 32 x 32 (fewer accumulators per thread, more warps per SM).
+pub const COOP_TILES: [(u32, u32); 3] = [(64, 256), (128, 256), (128, 512)];
 
 /// Whether a GPTQ matrix fits the cooperative-matrix GEMM: a thread dequantizes 4 prepared rows with one
 /// group's scale and zero.
 pub fn coop_fits(group_rows: usize) -> bool {
     group_rows % 4 == 0
+}
+
+/// Whether the cooperative-matrix GEMM stages this matrix's weights as exact integers q - z and applies the group
+/// scales to its accumulators between groups (two multiplies per product with split activations instead of three,
+/// weights exact): groups of whole 32-row steps (or one group), 256-thread workgroups (the rescale's workgroup
+/// memory), subgroup barriers on the adapter (the rescale is local to each subgroup). By default only matrices of
+/// one group (group size -1): on the H100 each rescale between groups costs more than the multiplies it saves
+/// (4,131 against 4,588 tok/s prefill for 4-bit g128, 5,608 against 4,731 for 8-bit g-1; docs/PERF.md runs
+/// 54-56). `WGPTQ_COOP_SCALED=0` keeps the dequantized weights everywhere, `=2` rescales between groups of whole
+/// 32-row steps too (A/B measurements).
+pub fn coop_scaled(caps: &Caps, kp: usize, group_rows: usize, wg: u32) -> bool {
+    let groups_ok = match env_u32("WGPTQ_COOP_SCALED") {
+        Some(0) => false,
+        Some(2) => group_rows % 32 == 0 || group_rows >= kp,
+        _ => group_rows >= kp,
+    };
+    caps.subgroup_barrier && wg == 256 && groups_ok
 }
 
 /// Which operands the cooperative-matrix GEMM holds as two f16 (hi + lo) instead of one: (x, w). Both (the
@@ -80,11 +98,16 @@ pub fn coop_split() -> (bool, bool) {
     }
 }
 
-/// The cooperative-matrix GEMM's token tile.
-pub fn coop_tm() -> u32 {
-    env_u32("WGPTQ_COOP_TM")
-        .filter(|t| COOP_TMS.contains(t))
-        .unwrap_or(128)
+/// The cooperative-matrix GEMM's (token tile, workgroup size) on an adapter allowing `max_invocations` threads
+/// per workgroup; `WGPTQ_COOP_TM` and `WGPTQ_COOP_WG` pick another of [`COOP_TILES`] for measurements.
+pub fn coop_tile(max_invocations: u32) -> (u32, u32) {
+    let tm = env_u32("WGPTQ_COOP_TM").unwrap_or(128);
+    let wg = env_u32("WGPTQ_COOP_WG").unwrap_or(256);
+    if COOP_TILES.contains(&(tm, wg)) && wg <= max_invocations {
+        (tm, wg)
+    } else {
+        (128, 256)
+    }
 }
 
 /// The GEMV shape for this device: (cols4, ksplit, xchunk).
@@ -176,6 +199,11 @@ pub struct GptqVariant {
     pub idot: bool,
     /// GEMM only: the cooperative-matrix kernel with this token tile (0 = the portable f32 GEMM).
     pub coop_tm: u32,
+    /// Cooperative-matrix GEMM: threads per workgroup ([`COOP_TILES`]).
+    pub coop_wg: u32,
+    /// Cooperative-matrix GEMM: weights staged as exact integers, group scales applied to the accumulators
+    /// ([`coop_scaled`]).
+    pub coop_scaled: bool,
     /// Cooperative-matrix GEMM: which of (x, w) are hi + lo f16 pairs ([`coop_split`]).
     pub coop_split: (bool, bool),
 }
@@ -202,8 +230,8 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
     ];
     match v.gemv {
         None if v.coop_tm > 0 => {
-            // Subgroups per tile column: 32 tokens each; the rest of the 8 split the columns.
-            let sgc = COOP_WG / 32 / (v.coop_tm / 32);
+            // Subgroups per tile column: 32 tokens each; the rest split the columns.
+            let sgc = v.coop_wg / 32 / (v.coop_tm / 32);
             let cn = COOP_TN / 16 / sgc;
             d.extend([
                 ("TM", v.coop_tm),
@@ -212,8 +240,9 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
                 ("CN4", (cn == 4) as u32),
                 ("SPLIT_X", v.coop_split.0 as u32),
                 ("SPLIT_W", v.coop_split.1 as u32),
+                ("SCALED", v.coop_scaled as u32),
             ]);
-            make_key(Kernel::GptqGemmCoop, COOP_WG, sg, &d)
+            make_key(Kernel::GptqGemmCoop, v.coop_wg, sg, &d)
         }
         None => {
             d.extend([("TM", GEMM_TM), ("COLS4", GEMM_COLS4), ("KT", GEMM_KT)]);
@@ -304,12 +333,14 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                                     epi,
                                     idot,
                                     coop_tm: 0,
+                                    coop_wg: 0,
+                                    coop_scaled: false,
                                     coop_split: (false, false),
                                 };
                                 v.push(gptq_key(&var, sg));
                                 // The matrix-unit GEMM needs 32-wide subgroups.
                                 if gemv.is_none() && sg == Some(32) {
-                                    for tm in COOP_TMS {
+                                    for (tm, wg) in COOP_TILES {
                                         for coop_split in [
                                             (false, false),
                                             (true, false),
@@ -318,10 +349,20 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                                         ] {
                                             let c = GptqVariant {
                                                 coop_tm: tm,
+                                                coop_wg: wg,
                                                 coop_split,
                                                 ..var
                                             };
                                             v.push(gptq_key(&c, sg));
+                                            if wg == 256 && !coop_split.1 {
+                                                v.push(gptq_key(
+                                                    &GptqVariant {
+                                                        coop_scaled: true,
+                                                        ..c
+                                                    },
+                                                    sg,
+                                                ));
+                                            }
                                         }
                                     }
                                 }
