@@ -74,9 +74,9 @@ pub fn coop_fits(group_rows: usize) -> bool {
 /// weights exact): groups of whole 32-row steps (or one group), 256-thread workgroups (the rescale's workgroup
 /// memory), subgroup barriers on the adapter (the rescale is local to each subgroup). By default only matrices of
 /// one group (group size -1): on the H100 each rescale between groups costs more than the multiplies it saves
-/// (4,131 against 4,588 tok/s prefill for 4-bit g128, 5,608 against 4,731 for 8-bit g-1; docs/PERF.md runs
-/// 54-56). `WGPTQ_COOP_SCALED=0` keeps the dequantized weights everywhere, `=2` rescales between groups of whole
-/// 32-row steps too (A/B measurements).
+/// (4-bit g128: 4,130 against 4,588 tok/s prefill, run 54; 8-bit g-1: 5,630 against 4,769, run 60; each pair
+/// in one call, docs/PERF.md). `WGPTQ_COOP_SCALED=0` keeps the dequantized weights everywhere, `=2` rescales
+/// between groups of whole 32-row steps too (A/B measurements).
 pub fn coop_scaled(caps: &Caps, kp: usize, group_rows: usize, wg: u32) -> bool {
     let groups_ok = match env_u32("WGPTQ_COOP_SCALED") {
         Some(0) => false,
