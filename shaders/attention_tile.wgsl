@@ -47,10 +47,13 @@ var<workgroup> qs: array<vec4<f32>, BQ * QS>;
 var<workgroup> ks: array<vec2<u32>, BK * KS>;
 var<workgroup> vs: array<vec2<u32>, BK * KS>;
 // ps[tq * BK + b]: softmax weight of key j0 + b for query tq
+//#if SUBGROUP
+//#else
 var<workgroup> ps: array<f32, BQ * BK>;
 // red_m / red_s[tq * 8 + sub]: a thread's block maximum / sum
 var<workgroup> red_m: array<f32, {{WG}}>;
 var<workgroup> red_s: array<f32, {{WG}}>;
+//#endif
 
 fn halves(w: vec2<u32>) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));

@@ -122,6 +122,12 @@ pub struct KernelKey {
 }
 
 impl KernelKey {
+    /// Whether the kernel calls `subgroupBarrier()` (wgpu's SUBGROUP_BARRIER feature): only the scaled matrix-unit
+    /// GEMM, which the planner takes only where [`crate::gpu::Caps::subgroup_barrier`] holds.
+    pub fn needs_subgroup_barrier(&self) -> bool {
+        self.kernel == Kernel::GptqGemmCoop && self.defines.get("SCALED") == Some(&1)
+    }
+
     pub fn new(kernel: Kernel, defines: &[(&'static str, u32)]) -> Self {
         KernelKey {
             kernel,
@@ -242,8 +248,8 @@ pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
     naga_module(key).map(|_| ())
 }
 
-/// The kernel as SPIR-V, translated by naga as wgpu 30 does for a Vulkan 1.3 device: backend failures (naga's SPIR-V writer can panic on modules that validate) show
-/// here, without a GPU.
+/// The kernel as SPIR-V, translated by naga as wgpu 30 does for a Vulkan 1.3 device: backend failures (naga's
+/// SPIR-V writer can panic on modules that validate) show here, without a GPU.
 pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
     let (module, info) = naga_module(key)?;
     let pipeline = naga::back::spv::PipelineOptions {
@@ -291,10 +297,9 @@ pub fn naga_module(key: &KernelKey) -> Result<(naga::Module, naga::valid::Module
         shader: key.label(),
         reason: e.emit_to_string(&src),
     })?;
-    // Everything wgpu can grant, less SUBGROUP_BARRIER outside the one kernel planned only where the device was
-    // given it (the scaled matrix-unit GEMM): any other kernel using it would fail on the device, so it must fail
-    // here.
-    let caps = if key.kernel == Kernel::GptqGemmCoop && key.defines.get("SCALED") == Some(&1) {
+    // Everything wgpu can grant, less SUBGROUP_BARRIER where the key does not need it: a kernel using it without
+    // the planner knowing would fail on devices that lack it, so it must fail here.
+    let caps = if key.needs_subgroup_barrier() {
         naga::valid::Capabilities::all()
     } else {
         naga::valid::Capabilities::all() - naga::valid::Capabilities::SUBGROUP_BARRIER

@@ -156,7 +156,6 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         coop_tile: coop,
         pre_permuted: gathered,
     };
-
     // The gathered input: [t, kp] in the prepared order, poisoned first so unwritten rows show.
     let gathered_x = gpu
         .storage_init(
