@@ -41,9 +41,9 @@ struct Params {
     y_col0: u32,
     x_stride: u32, // row stride of x
     eps: f32,      // unused
-    splits: u32,   // unused
-    split_rows: u32,
-    cap: u32,
+    splits: u32,   // split-K slabs of y (1: y itself)
+    split_rows: u32, // prepared rows per split (a multiple of KT; of group_rows too when SCALED with groups)
+    cap: u32,      // capacity rows per slab of y
     x_splits: u32,
     ss_blocks: u32,
     _pad1: u32,
@@ -80,7 +80,8 @@ const CSN: u32 = SGC * 256u;           // cs: one tile per subgroup column (part
 @group(0) @binding(5) var<storage, read> scales: array<vec2<u32>>;
 // zeros: [groups, N / 4] vec2<u32> (4 f16)
 @group(0) @binding(6) var<storage, read> zeros: array<vec2<u32>>;
-// y: [capacity, y_stride] f32
+// y: [splits, capacity, y_stride] f32: split s (workgroup z) writes slab s over prepared rows
+// [s split_rows, (s + 1) split_rows) and the consumer adds the slabs (RoPE for q|k|v); one slab = y itself
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 // norm_w, ss: unused
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
@@ -109,6 +110,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let c0 = wid.x * TN;
     let n_tok = step.n_tokens;
     if (t0 >= n_tok) { return; }
+    // This workgroup's prepared rows [r0, r1) and slab of y (split-K: a grid of few column tiles fills more
+    // SMs, e.g. q|k|v's 192 tiles of 128 x 128 on the H100's 132 SMs).
+    let r0 = wid.z * p.split_rows;
+    let r1 = min(r0 + p.split_rows, p.kp);
+    let yb = wid.z * p.cap * p.y_stride;
     // This subgroup's tiles: rows ar .. ar + 31 of the workgroup tile, columns bc .. bc + 16 CN - 1.
     let ar = (sg / SGC) * 32u;
     let bc = (sg % SGC) * 16u * {{CN}}u;
@@ -125,12 +131,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var xr: array<f32, XPT>;
     var q = vec4<u32>(0u);
     var sz = vec4<u32>(0u);
-    load_x(0u, lid, t0, n_tok, &xr);
-    load_w(0u, lid, c0, &q, &sz);
+    load_x(r0, lid, t0, n_tok, &xr);
+    load_w(r0, lid, c0, &q, &sz);
     store_x(lid, &xr);
     store_w(lid, q, sz);
     workgroupBarrier();
-    var k0 = 0u;
+    var k0 = r0;
     // Group by group (one pass for every group when not SCALED): the rescale sits between groups.
 //#if SCALED
     let gstep = p.group_rows;
@@ -138,8 +144,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 //#else
     let gstep = p.kp;
 //#endif
-    for (var g0 = 0u; g0 < p.kp; g0 += gstep) {
-        let gend = min(g0 + gstep, p.kp);
+    for (var g0 = r0; g0 < r1; g0 += gstep) {
+        let gend = min(g0 + gstep, r1);
 //#if SCALED
         // The scales of this lane's columns in this group and the next, requested now and used at the group's
         // end (a load at the rescale itself would stall every subgroup there).
@@ -157,7 +163,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 //#endif
 //#endif
         for (; k0 < gend; k0 += KT) {
-            let more = k0 + KT < p.kp;
+            let more = k0 + KT < r1;
             if (more) {
                 load_x(k0 + KT, lid, t0, n_tok, &xr);
                 load_w(k0 + KT, lid, c0, &q, &sz);
@@ -233,26 +239,26 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // was slower: docs/PERF.md run 60.)
         coopStoreT(c00, &cs[so], 16u);
         coopStoreT(c10, &cs[so + 256u], 16u);
-        rescale(so, lane, ratio(sw0, nw0, gi, lc));
+        rescale(so, lane, ratio(sw0, nw0, gi, lc, r1));
         c00 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so], 16u);
         c10 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so + 256u], 16u);
         subgroupBarrier();
         coopStoreT(c01, &cs[so], 16u);
         coopStoreT(c11, &cs[so + 256u], 16u);
-        rescale(so, lane, ratio(sw1, nw1, gi, lc + 16u));
+        rescale(so, lane, ratio(sw1, nw1, gi, lc + 16u, r1));
         c01 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so], 16u);
         c11 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so + 256u], 16u);
         subgroupBarrier();
 //#if CN4
         coopStoreT(c02, &cs[so], 16u);
         coopStoreT(c12, &cs[so + 256u], 16u);
-        rescale(so, lane, ratio(sw2, nw2, gi, lc + 32u));
+        rescale(so, lane, ratio(sw2, nw2, gi, lc + 32u, r1));
         c02 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so], 16u);
         c12 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so + 256u], 16u);
         subgroupBarrier();
         coopStoreT(c03, &cs[so], 16u);
         coopStoreT(c13, &cs[so + 256u], 16u);
-        rescale(so, lane, ratio(sw3, nw3, gi, lc + 48u));
+        rescale(so, lane, ratio(sw3, nw3, gi, lc + 48u, r1));
         c03 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so], 16u);
         c13 = coopLoadT<coop_mat16x16<f32, C>>(&cs[so + 256u], 16u);
         subgroupBarrier();
@@ -267,7 +273,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // naga 30 panics translating a cooperative load or store whose stride is a uniform member or whose
         // storage index is written inline (docs/PERF.md, run 50): both go through named values.
         let ys = p.y_stride + 0u;
-        let o00 = (t0 + ar) * p.y_stride + p.y_col0 + c0 + bc;
+        let o00 = yb + (t0 + ar) * p.y_stride + p.y_col0 + c0 + bc;
         let o10 = o00 + 16u * p.y_stride;
         let o01 = o00 + 16u;
         let o11 = o10 + 16u;
@@ -304,22 +310,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var band = 0u; band < BANDS; band++) {
         let mine = sg / SGC == band;
         if (mine) { coopStoreT(c00, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar, c0 + bc, n_tok);
+        write_tile(mine, sp, lane, t0 + ar, c0 + bc, n_tok, yb);
         if (mine) { coopStoreT(c01, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar, c0 + bc + 16u, n_tok);
+        write_tile(mine, sp, lane, t0 + ar, c0 + bc + 16u, n_tok, yb);
         if (mine) { coopStoreT(c10, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc, n_tok);
+        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc, n_tok, yb);
         if (mine) { coopStoreT(c11, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc + 16u, n_tok);
+        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc + 16u, n_tok, yb);
 //#if CN4
         if (mine) { coopStoreT(c02, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar, c0 + bc + 32u, n_tok);
+        write_tile(mine, sp, lane, t0 + ar, c0 + bc + 32u, n_tok, yb);
         if (mine) { coopStoreT(c03, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar, c0 + bc + 48u, n_tok);
+        write_tile(mine, sp, lane, t0 + ar, c0 + bc + 48u, n_tok, yb);
         if (mine) { coopStoreT(c12, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc + 32u, n_tok);
+        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc + 32u, n_tok, yb);
         if (mine) { coopStoreT(c13, &cs[sp], 16u); }
-        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc + 48u, n_tok);
+        write_tile(mine, sp, lane, t0 + ar + 16u, c0 + bc + 48u, n_tok, yb);
 //#endif
     }
 }
@@ -344,11 +350,11 @@ fn scale_word(g: u32, c: u32) -> u32 {
     return scales[gg * (p.n / 4u) + cc / 4u][(cc % 4u) / 2u];
 }
 
-// s_g / s_(g+1) at column c from their scale words, where a scale past the last group, outside the matrix or 0
-// counts as 1 (such a group's weights are staged as 0).
-fn ratio(sw: u32, nw: u32, g: u32, c: u32) -> f32 {
+// s_g / s_(g+1) at column c from their scale words, where a scale past the split's last group (ending at r1),
+// outside the matrix or 0 counts as 1 (such a group's weights are staged as 0).
+fn ratio(sw: u32, nw: u32, g: u32, c: u32, r1: u32) -> f32 {
     let s = word_scale(sw, c);
-    let t = select(word_scale(nw, c), 1.0, (g + 1u) * p.group_rows >= p.kp);
+    let t = select(word_scale(nw, c), 1.0, (g + 1u) * p.group_rows >= r1);
     return select(s / t, 1.0, c >= p.n);
 }
 
@@ -363,7 +369,7 @@ fn word_scale(w: u32, c: u32) -> f32 {
 // 8 elements per lane, by the subgroups of this band (mine). Workgroup barriers order the cooperative store and
 // the lanes' reads (every subgroup calls this equally often; wgptq does not request wgpu's SUBGROUP_BARRIER
 // feature).
-fn write_tile(mine: bool, so: u32, lane: u32, t: u32, c: u32, n_tok: u32) {
+fn write_tile(mine: bool, so: u32, lane: u32, t: u32, c: u32, n_tok: u32, yb: u32) {
     workgroupBarrier();
     if (mine) {
         for (var i = 0u; i < 8u; i++) {
@@ -371,7 +377,7 @@ fn write_tile(mine: bool, so: u32, lane: u32, t: u32, c: u32, n_tok: u32) {
             let r = t + e / 16u;
             let col = c + e % 16u;
             if (r < n_tok && col < p.n) {
-                let o = r * p.y_stride + p.y_col0 + col;
+                let o = yb + r * p.y_stride + p.y_col0 + col;
 //#if ADD
                 y[o] += cs[so + e];
 //#else

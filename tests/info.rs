@@ -188,8 +188,9 @@ fn openchat_numbers_follow_from_the_shapes() {
         layers * (2 * h * h + 2 * h * kv_dim + 3 * h * i) / 128 * 2
     );
     assert_eq!(w.zeros, 0);
-    // One u32 permutation each for q|k|v (fused), o, gate|up (fused), down.
-    assert_eq!(w.perm, layers * (3 * h + i) * 4);
+    // One u32 permutation each for q|k|v (fused), o, gate|up (fused); down's act-order is carried by gate|up's
+    // column order, so down has none.
+    assert_eq!(w.perm, layers * 3 * h * 4);
     assert_eq!(w.f16, 2 * vocab * h * 2);
     assert_eq!(w.norms, (2 * layers + 1) * h * 4);
     assert_eq!(w.rope, 4096 * 64 * 8);

@@ -76,12 +76,22 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         if !gemm {
             run_case(&case, Run { idot: true, ..run }, &mut rng);
         }
-        // The matrix units on the same case, every tile (adapters that have them; lavapipe has not).
-        for tile in coop_tiles(gemm) {
+        // The matrix units on the same case, every tile (adapters that have them; lavapipe has not), split over
+        // K into 1..3 slabs where there is no add (q|k|v's prefill) and the matrix fits them.
+        let fits = linear::coop_fits(case.prepare().group_rows);
+        let coop_splits = |j: usize| {
+            if run.add || !fits {
+                1
+            } else {
+                1 + ((i + j) % 3) as u32
+            }
+        };
+        for (j, tile) in coop_tiles(gemm).enumerate() {
             run_case(
                 &case,
                 Run {
                     coop: Some(tile),
+                    splits: coop_splits(j),
                     ..run
                 },
                 &mut rng,
@@ -89,12 +99,21 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         }
         // The prefill path for act-order checkpoints: gather, then the GEMM on the prepared order.
         if gemm && case.g_idx.is_some() {
-            for coop in std::iter::once(None).chain(coop_tiles(true).map(Some)) {
+            for (j, coop) in std::iter::once(None)
+                .chain(coop_tiles(true).map(Some))
+                .enumerate()
+            {
+                let splits = if coop.is_some() {
+                    coop_splits(j + 1)
+                } else {
+                    1
+                };
                 run_case(
                     &case,
                     Run {
                         gathered: true,
                         coop,
+                        splits,
                         ..run
                     },
                     &mut rng,
@@ -333,4 +352,62 @@ fn concatenated_projections_equal_separate_ones() {
     );
     let pc = c.prepare();
     assert!(prep::concat_n(&[&pa, &pc]).is_none());
+}
+
+#[test]
+fn down_act_order_moves_into_gate_up_column_order() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let spec = |k, n, g| Spec {
+        k,
+        n,
+        bits: 4,
+        group: Some(32),
+        g,
+        sym: false,
+        format: CheckpointFormat::V1,
+    };
+    // down [n 16, k 128] act-order: its order is a plain permutation of the 128 inputs.
+    let down = make_case(&mut rng, spec(128, 16, GIdx::ActOrder)).prepare();
+    let order = prep::input_order(&down)
+        .expect("act-order without padding")
+        .to_vec();
+    // gate [n 128, k 64]: column c of the permuted matrix is the checkpoint's column order[c].
+    let gate = make_case(&mut rng, spec(64, 128, GIdx::ActOrder)).prepare();
+    let mut moved = gate.clone();
+    assert!(prep::permute_columns(&mut moved, &order));
+    let (w, wm) = (
+        prep::dequantize_prepared(&gate),
+        prep::dequantize_prepared(&moved),
+    );
+    for (c, &src) in order.iter().enumerate() {
+        assert_eq!(
+            wm[c * 64..(c + 1) * 64],
+            w[src as usize * 64..(src as usize + 1) * 64]
+        );
+    }
+    // down without its permutation reads input r as the checkpoint's input order[r].
+    let mut plain = down.clone();
+    plain.perm = None;
+    let (d, dp) = (
+        prep::dequantize_prepared(&down),
+        prep::dequantize_prepared(&plain),
+    );
+    for col in 0..16 {
+        for (r, &src) in order.iter().enumerate() {
+            assert_eq!(dp[col * 128 + r], d[col * 128 + src as usize]);
+        }
+    }
+    // Not a permutation of the columns: refused, nothing changed.
+    let mut bad = gate.clone();
+    assert!(!prep::permute_columns(&mut bad, &order[..127]));
+    let mut dup = order.clone();
+    dup[1] = dup[0];
+    assert!(!prep::permute_columns(&mut bad, &dup));
+    assert_eq!(bad, gate);
+    // No order to move where act-order is the identity or has padding rows (uneven groups).
+    let absent = make_case(&mut rng, spec(128, 16, GIdx::Absent)).prepare();
+    assert!(prep::input_order(&absent).is_none());
+    let uneven = make_case(&mut rng, spec(160, 16, GIdx::Arbitrary)).prepare();
+    assert!(uneven.kp > uneven.k, "uneven groups pad");
+    assert!(prep::input_order(&uneven).is_none());
 }

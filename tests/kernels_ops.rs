@@ -91,7 +91,7 @@ fn embedding_gather_over_chunked_table() {
 }
 
 #[test]
-fn rmsnorm_matches_reference() {
+fn rmsnorm_and_the_normed_gather_match_reference() {
     let gpu = common::gpu();
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(2);
@@ -123,6 +123,38 @@ fn rmsnorm_matches_reference() {
             1e-5,
             1e-5,
         );
+        // The same norm fused into an act-order gather (prefill): a shuffled permutation with padding rows.
+        let kp = n + 3;
+        let mut perm: Vec<u32> = (0..n as u32).chain([u32::MAX; 3]).collect();
+        for i in (1..kp).rev() {
+            perm.swap(i, rng.random_range(0..=i));
+        }
+        let pb = gpu
+            .storage_init("perm", bytemuck::cast_slice(&perm))
+            .unwrap();
+        let out = poisoned(&gpu, t * kp);
+        let op = kernels::GatherOp::Norm { weight: &wb, eps };
+        let d = kernels::gather(
+            &pipes, &step, &xb, &pb, &out, kp as u32, n as u32, t as u32, op,
+        )
+        .unwrap();
+        ops::run(&gpu, &[&d]).unwrap();
+        let gathered: Vec<f32> = (0..t)
+            .flat_map(|r| {
+                let want = &want;
+                perm.iter().map(move |&src| match src {
+                    u32::MAX => 0.0,
+                    s => want[r * n + s as usize],
+                })
+            })
+            .collect();
+        assert_close(
+            &format!("gather with rmsnorm n={n}"),
+            &read_f32(&gpu, &out, t * kp),
+            &gathered,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -131,30 +163,36 @@ fn silu_mul_gather_swiglu_and_argmax() {
     let gpu = common::gpu();
     let pipes = Pipelines::new(gpu.clone());
     let mut rng = StdRng::seed_from_u64(3);
-    let (inter, t) = (131usize, 3usize);
-    let gu: Vec<f32> = (0..t * 2 * inter)
-        .map(|_| rng.random_range(-6.0f32..6.0))
-        .collect();
-    let gub = gpu.storage_init("gu", bytemuck::cast_slice(&gu)).unwrap();
-    let act = poisoned(&gpu, t * inter);
-    let step = step_buf(&gpu, t, 0, 0);
-    let d = kernels::silu_mul(&pipes, &step, &gub, &act, inter as u32, t as u32).unwrap();
-    ops::run(&gpu, &[&d]).unwrap();
-    let mut want = Vec::new();
-    for r in 0..t {
-        for i in 0..inter {
-            let g = gu[r * 2 * inter + i] as f64;
-            let u = gu[r * 2 * inter + inter + i] as f64;
-            want.push((g / (1.0 + (-g).exp()) * u) as f32);
+    let t = 3usize;
+    // 132: the vec4 kernel; 131 (kept for the gather below): the scalar one.
+    let mut last = None;
+    for inter in [132usize, 131] {
+        let gu: Vec<f32> = (0..t * 2 * inter)
+            .map(|_| rng.random_range(-6.0f32..6.0))
+            .collect();
+        let gub = gpu.storage_init("gu", bytemuck::cast_slice(&gu)).unwrap();
+        let act = poisoned(&gpu, t * inter);
+        let step = step_buf(&gpu, t, 0, 0);
+        let d = kernels::silu_mul(&pipes, &step, &gub, &act, inter as u32, t as u32).unwrap();
+        ops::run(&gpu, &[&d]).unwrap();
+        let mut want = Vec::new();
+        for r in 0..t {
+            for i in 0..inter {
+                let g = gu[r * 2 * inter + i] as f64;
+                let u = gu[r * 2 * inter + inter + i] as f64;
+                want.push((g / (1.0 + (-g).exp()) * u) as f32);
+            }
         }
+        assert_close(
+            &format!("silu_mul I={inter}"),
+            &read_f32(&gpu, &act, t * inter),
+            &want,
+            1e-6,
+            1e-5,
+        );
+        last = Some((inter, gub, step, want));
     }
-    assert_close(
-        "silu_mul",
-        &read_f32(&gpu, &act, t * inter),
-        &want,
-        1e-6,
-        1e-5,
-    );
+    let (inter, gub, step, want) = last.expect("the loop ran");
     // The same activation gathered into an act-order layout (a shuffled permutation with padding rows), as the
     // prefill plans it for the down projection.
     let kp = inter + 5;
@@ -175,7 +213,7 @@ fn silu_mul_gather_swiglu_and_argmax() {
         kp as u32,
         2 * inter as u32,
         t as u32,
-        Some(inter as u32),
+        kernels::GatherOp::SwiGlu(inter as u32),
     )
     .unwrap();
     ops::run(&gpu, &[&d]).unwrap();
@@ -496,7 +534,7 @@ fn attention_split_over_many_keys_merges_partials() {
 
 #[test]
 fn attention_tiled_prefill_windows_and_tiles() {
-    // Prefill chunks of 70 (three 32-query tiles, the last partial) take the tiled kernel: a window of 50 over
+    // Prefill chunks of 70 (two 64-query tiles, the last partial) take the tiled kernel: a window of 50 over
     // a cache of 120 slots that wraps, then plain causal with head_dim 64 and 96 (GQA 4:1 and MHA); decode
     // steps in between take the one-query kernel.
     attention_sequence(4, 2, 32, 50, 70, &[70, 70, 33, 1, 1, 70, 2], 14, 1);

@@ -245,30 +245,39 @@ pub fn attention_splits(slots: u32) -> u32 {
     slots.div_ceil(ATTN_SPLIT_KEYS).max(1)
 }
 
-/// Queries and keys per tile of the prefill attention (attention_tile.wgsl).
-pub const ATTN_TILE_QUERIES: u32 = ATTN_WG / 8;
+/// Query slots (8 threads each) and keys per tile of the prefill attention (attention_tile.wgsl); a slot serves
+/// [`attention_tile_qt`] queries.
+pub const ATTN_TILE_SLOTS: u32 = ATTN_WG / 8;
 pub const ATTN_TILE_KEYS: u32 = 16;
 
-/// Workgroup memory of the tiled prefill attention for `head_dim` (its arrays, as attention_tile.wgsl declares
-/// them, plus the prelude's reduction array).
-pub fn attention_tile_bytes(head_dim: u32) -> u32 {
+/// Workgroup memory of the tiled prefill attention for `head_dim` with `qt` queries per slot (its arrays, as
+/// attention_tile.wgsl declares them with or without subgroups, plus the prelude's reduction array).
+pub fn attention_tile_bytes(head_dim: u32, subgroups: bool, qt: u32) -> u32 {
     let rows = head_dim / 4 + 1;
-    ATTN_TILE_QUERIES * rows * 16
-        + 2 * ATTN_TILE_KEYS * rows * 8
-        + ATTN_TILE_QUERIES * ATTN_TILE_KEYS * 4
-        + 3 * ATTN_WG * 4
+    let queries = ATTN_TILE_SLOTS * qt;
+    let reductions = if subgroups {
+        0
+    } else {
+        queries * ATTN_TILE_KEYS * 4 + 2 * ATTN_WG * 8
+    };
+    queries * rows * 16 + 2 * ATTN_TILE_KEYS * rows * 8 + reductions + ATTN_WG * 4
 }
 
-/// Whether a prefill chunk's attention takes the tiled kernel: head_dim a multiple of 32 up to 128 whose tile
-/// fits the device's workgroup memory; one workgroup per query and head (attention.wgsl) otherwise.
-pub fn attention_tile_fits(head_dim: u32, caps: &super::context::Caps) -> bool {
-    head_dim % 32 == 0
-        && head_dim <= 128
-        && attention_tile_bytes(head_dim) <= caps.max_workgroup_storage
+/// Queries per slot of the tiled prefill attention on this device: 2 where the tile fits the workgroup memory
+/// (half the workgroup-memory reads per product), else 1; `None` where the tiled kernel does not apply (head_dim
+/// not a multiple of 32 up to 128, or no tile fits): one workgroup per query and head (attention.wgsl) then.
+pub fn attention_tile_qt(head_dim: u32, caps: &super::context::Caps) -> Option<u32> {
+    if head_dim % 32 != 0 || head_dim > 128 {
+        return None;
+    }
+    let sg = caps.subgroup_size.is_some();
+    [2, 1]
+        .into_iter()
+        .find(|&qt| attention_tile_bytes(head_dim, sg, qt) <= caps.max_workgroup_storage)
 }
 
 /// q [cap, H d], caches → out [cap, H d]. A prefill chunk (cap > 1, no split) whose head_dim fits takes the
-/// tiled kernel ([`attention_tile_fits`]). With `splits > 1` the keys are split over workgroups writing
+/// tiled kernel ([`attention_tile_qt`]). With `splits > 1` the keys are split over workgroups writing
 /// `partial` ([cap, H, splits, d + 2] f32), and a combine op writes `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -295,17 +304,20 @@ pub fn attention(
         splits,
         _pad: 0,
     };
-    if splits == 1 && capacity > 1 && attention_tile_fits(s.head_dim, &pipes.gpu.caps) {
+    let qt = attention_tile_qt(s.head_dim, &pipes.gpu.caps);
+    if let (1, true, Some(qt)) = (splits, capacity > 1, qt) {
+        let defs = [
+            ("HD", s.head_dim),
+            ("BK", ATTN_TILE_KEYS),
+            ("QT", qt),
+            ("QT2", (qt == 2) as u32),
+        ];
         return Ok(vec![pipes.dispatch(
-            pipes.key(
-                Kernel::AttentionTile,
-                ATTN_WG,
-                &[("HD", s.head_dim), ("BK", ATTN_TILE_KEYS)],
-            ),
+            pipes.key(Kernel::AttentionTile, ATTN_WG, &defs),
             &params,
             step,
             &[q, k_cache, v_cache, out],
-            [s.n_heads, capacity.div_ceil(ATTN_TILE_QUERIES), 1],
+            [s.n_heads, capacity.div_ceil(ATTN_TILE_SLOTS * qt), 1],
             kv_bytes,
         )?]);
     }
@@ -340,9 +352,31 @@ pub fn attention(
     Ok(d)
 }
 
-/// x [cap, x_stride] → out [cap, kp] with out[t, k] = x[t, perm[k]] (0 where perm[k] = u32::MAX). With
-/// `swiglu_half = Some(I)`, x is gate|up ([cap, 2 I], x_stride = 2 I) and out[t, k] = silu(gate[t, perm[k]]) ·
-/// up[t, perm[k]]: the down projection's act-order input in one pass (silu_mul and gather fused).
+/// What an act-order gather computes on the way.
+#[derive(Debug, Clone, Copy)]
+pub enum GatherOp<'a> {
+    /// out[t, k] = x[t, perm[k]].
+    Plain,
+    /// RMSNorm first: out[t, k] = x[t, perm[k]] · rsqrt(mean(x[t]²) + eps) · weight[perm[k]] (x [cap, x_stride],
+    /// the row normalised whole): rmsnorm and the gather in one pass.
+    Norm { weight: &'a wgpu::Buffer, eps: f32 },
+    /// x is gate|up ([cap, 2 I], x_stride = 2 I, the value I) and out[t, k] = silu(gate[t, perm[k]]) ·
+    /// up[t, perm[k]]: the down projection's act-order input in one pass (silu_mul and gather fused).
+    SwiGlu(u32),
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GatherParams {
+    kp: u32,
+    x_stride: u32,
+    half: u32,
+    span: u32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// x [cap, x_stride] → out [cap, kp] with out[t, k] = op(x)[t, perm[k]] (0 where perm[k] = u32::MAX).
 #[allow(clippy::too_many_arguments)]
 pub fn gather(
     pipes: &Pipelines,
@@ -353,30 +387,36 @@ pub fn gather(
     kp: u32,
     x_stride: u32,
     capacity: u32,
-    swiglu_half: Option<u32>,
+    op: GatherOp<'_>,
 ) -> Result<Dispatch> {
+    let swiglu = matches!(op, GatherOp::SwiGlu(_));
     // Whole rows per workgroup for the plain gather, one element per thread for SwiGLU (shader header).
-    let span = if swiglu_half.is_some() {
-        GATHER_WG
-    } else {
-        kp.max(1)
+    let span = if swiglu { GATHER_WG } else { kp.max(1) };
+    let (norm, weight, eps) = match op {
+        GatherOp::Norm { weight, eps } => (1, weight, eps),
+        _ => (0, &pipes.dummy_rw, 0.0),
     };
     pipes.dispatch(
         pipes.key(
             Kernel::Gather,
             GATHER_WG,
-            &[("SWIGLU", swiglu_half.is_some() as u32)],
+            &[("NORM", norm), ("SWIGLU", swiglu as u32)],
         ),
-        &P4 {
-            a: kp,
-            b: x_stride,
-            c: swiglu_half.unwrap_or(0),
-            d: span,
+        &GatherParams {
+            kp,
+            x_stride,
+            half: match op {
+                GatherOp::SwiGlu(i) => i,
+                _ => 0,
+            },
+            span,
+            eps,
+            _pad: [0; 3],
         },
         step,
-        &[x, perm, out],
+        &[x, perm, out, weight],
         [kp.div_ceil(span), capacity, 1],
-        (kp * if swiglu_half.is_some() { 16 } else { 12 }) as u64,
+        (kp * if swiglu { 16 } else { 12 } + norm * x_stride * 8) as u64,
     )
 }
 
@@ -389,8 +429,10 @@ pub fn silu_mul(
     inter: u32,
     capacity: u32,
 ) -> Result<Dispatch> {
+    let v4 = inter % 4 == 0;
+    let vw = if v4 { 4 } else { 1 };
     pipes.dispatch(
-        pipes.key(Kernel::SiluMul, EW_WG, &[]),
+        pipes.key(Kernel::SiluMul, EW_WG, &[("V4", v4 as u32), ("VW", vw)]),
         &P4 {
             a: inter,
             b: 0,
@@ -399,7 +441,7 @@ pub fn silu_mul(
         },
         step,
         &[gate_up, act],
-        [inter.div_ceil(EW_WG), capacity, 1],
+        [(inter / vw).div_ceil(EW_WG), capacity, 1],
         (inter * 12) as u64,
     )
 }
@@ -466,12 +508,14 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Embed, EW_WG, sg, &[]),
         make_key(Kernel::RmsNorm, ROW_WG, sg, &[]),
         make_key(Kernel::Rope, EW_WG, sg, &[]),
-        make_key(Kernel::SiluMul, EW_WG, sg, &[]),
+        make_key(Kernel::SiluMul, EW_WG, sg, &[("V4", 0), ("VW", 1)]),
+        make_key(Kernel::SiluMul, EW_WG, sg, &[("V4", 1), ("VW", 4)]),
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
-        make_key(Kernel::Gather, GATHER_WG, sg, &[("SWIGLU", 0)]),
-        make_key(Kernel::Gather, GATHER_WG, sg, &[("SWIGLU", 1)]),
+        make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 0), ("SWIGLU", 0)]),
+        make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 1), ("SWIGLU", 0)]),
+        make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 0), ("SWIGLU", 1)]),
     ];
     // Every head_dim AttnShape::check accepts.
     for hd in (4..=256u32).step_by(4) {
@@ -481,8 +525,15 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         }
     }
     for hd in (32..=128u32).step_by(32) {
-        let defs = [("HD", hd), ("BK", ATTN_TILE_KEYS)];
-        v.push(make_key(Kernel::AttentionTile, ATTN_WG, sg, &defs));
+        for qt in [1, 2] {
+            let defs = [
+                ("HD", hd),
+                ("BK", ATTN_TILE_KEYS),
+                ("QT", qt),
+                ("QT2", (qt == 2) as u32),
+            ];
+            v.push(make_key(Kernel::AttentionTile, ATTN_WG, sg, &defs));
+        }
     }
     v.push(make_key(Kernel::AttentionCombine, EW_WG, sg, &[]));
     v

@@ -343,26 +343,45 @@ pub fn linear_dispatches_epi(
                 Prologue::SwiGlu => 2 * g.k as u32,
                 _ => g.k as u32,
             };
-            if mode.splits == 0 || (mode.gemm && (mode.splits > 1 || mode.x_splits > 1)) {
-                return Err(Error::Gpu {
-                    op: "gptq linear".into(),
-                    reason: format!("split-K {mode:?} is a decode-GEMV feature"),
-                });
-            }
             let pf = 32 / g.bits as usize;
             let idot = !mode.gemm && mode.idot && idot_fits(g.kp, g.group_rows);
             let (coop_tm, coop_wg) = coop_choice(pipes, g, &mode)?.unwrap_or((0, 0));
             let scaled = coop_tm > 0 && coop_scaled(&pipes.gpu.caps, g.kp, g.group_rows, coop_wg);
+            // Split-K: the decode GEMV, and the matrix-unit GEMM into plain slabs (no accumulation into y).
+            let gemm_split_ok = coop_tm > 0 && !mode.add && mode.x_splits == 1;
+            if mode.splits == 0 || (mode.gemm && mode.splits > 1 && !gemm_split_ok) {
+                return Err(Error::Gpu {
+                    op: "gptq linear".into(),
+                    reason: format!(
+                        "split-K {mode:?}: the prefill GEMM splits only on the matrix units, into slabs without add"
+                    ),
+                });
+            }
+            if mode.gemm && mode.x_splits > 1 {
+                return Err(Error::Gpu {
+                    op: "gptq linear".into(),
+                    reason: format!("input slabs {mode:?} are a decode-GEMV feature"),
+                });
+            }
             let split = match coop_split() {
                 _ if coop_tm == 0 => (false, false),
                 // Exact weights need no split.
                 (x, _) if scaled => (x, false),
                 s => s,
             };
-            // Splits of whole packed words, or of whole activation blocks on the integer path.
+            // Splits of whole packed words, of whole activation blocks on the integer path, of whole GEMM steps
+            // (and groups, where the scaled GEMM rescales between them) on the matrix units.
+            let split_unit = match () {
+                _ if idot => IDOT_BLOCK,
+                _ if coop_tm > 0 && scaled && g.group_rows < g.kp => {
+                    g.group_rows.next_multiple_of(COOP_KT as usize)
+                }
+                _ if coop_tm > 0 => COOP_KT as usize,
+                _ => pf,
+            };
             let split_rows =
                 g.kp.div_ceil(mode.splits as usize)
-                    .next_multiple_of(if idot { IDOT_BLOCK } else { pf }) as u32;
+                    .next_multiple_of(split_unit) as u32;
             let params = GptqParams {
                 k: g.k as u32,
                 n: g.n as u32,
@@ -400,7 +419,7 @@ pub fn linear_dispatches_epi(
                 gemv,
                 pro: pro.code(),
                 unroll: match gemv {
-                    Some((_, ksplit, _)) => gemv_unroll((split_rows / pf as u32).div_ceil(ksplit)),
+                    Some(_) => gemv_unroll(),
                     None => GEMV_UNROLL,
                 },
                 epi: residual,
@@ -416,7 +435,7 @@ pub fn linear_dispatches_epi(
                 None if coop_tm > 0 => [
                     (g.n as u32).div_ceil(COOP_TN),
                     mode.capacity.div_ceil(coop_tm),
-                    1,
+                    mode.splits,
                 ],
                 None => [n4.div_ceil(GEMM_COLS4), mode.capacity.div_ceil(GEMM_TM), 1],
                 Some((c, _, _)) => [n4.div_ceil(c), mode.splits, mode.capacity],

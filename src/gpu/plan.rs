@@ -97,11 +97,14 @@ fn upload_linear(gpu: &Gpu, files: &ModelFiles, label: &str, lin: &Linear) -> Re
 }
 
 /// Uploads projections that read the same input, fused along N when their layouts allow.
+/// `col_order`: the output columns' order (column c = the checkpoint's column col_order[c]) where the consumer
+/// reads them in that order (down's act-order, [`prep::input_order`]); the projections are then GPTQ.
 fn upload_fused(
     gpu: &Gpu,
     files: &ModelFiles,
     label: &str,
     parts: &[(&str, &Linear)],
+    col_order: Option<&[u32]>,
 ) -> Result<Vec<(GpuLinear, u32)>> {
     let all_gptq = parts.iter().all(|(_, l)| matches!(l, Linear::Gptq { .. }));
     if all_gptq {
@@ -109,7 +112,21 @@ fn upload_fused(
             .iter()
             .map(|(_, l)| prepared(files, l).map(|p| p.into_iter().next()))
             .collect::<Result<Option<Vec<_>>>>()?;
-        if let Some(preps) = preps {
+        if let Some(mut preps) = preps {
+            if let Some(order) = col_order {
+                for p in &mut preps {
+                    if !prep::permute_columns(p, order) {
+                        return Err(Error::Gpu {
+                            op: label.into(),
+                            reason: format!(
+                                "{} columns cannot take an order of {} (planner bug)",
+                                p.n,
+                                order.len()
+                            ),
+                        });
+                    }
+                }
+            }
             let refs: Vec<&PreparedGptq> = preps.iter().collect();
             if let Some(cat) = prep::concat_n(&refs) {
                 return Ok(vec![(
@@ -178,6 +195,21 @@ impl GpuWeights {
         let mut decode_bytes = 0u64;
         for (i, l) in w.layers.iter().enumerate() {
             let p = format!("layers.{i}");
+            // down's act-order moves into gate|up's column order where it is a plain permutation and both
+            // gate and up are GPTQ (prep::input_order).
+            let gu_gptq = [&l.gate, &l.up]
+                .iter()
+                .all(|l| matches!(l, Linear::Gptq { .. }));
+            let down_prep = if gu_gptq {
+                prepared(files, &l.down)?
+            } else {
+                None
+            };
+            let down_order_vec = down_prep
+                .as_ref()
+                .and_then(prep::input_order)
+                .map(<[u32]>::to_vec);
+            let down_order = down_order_vec.as_deref();
             let layer = GpuLayer {
                 input_norm: norm(&format!("{p}.input_norm"), &l.input_norm)?,
                 post_norm: norm(&format!("{p}.post_norm"), &l.post_norm)?,
@@ -186,6 +218,7 @@ impl GpuWeights {
                     files,
                     &format!("{p}.qkv"),
                     &[("q", &l.q), ("k", &l.k), ("v", &l.v)],
+                    None,
                 )?,
                 o: upload_linear(gpu, files, &format!("{p}.o"), &l.o)?,
                 gate_up: upload_fused(
@@ -193,8 +226,18 @@ impl GpuWeights {
                     files,
                     &format!("{p}.gate_up"),
                     &[("gate", &l.gate), ("up", &l.up)],
+                    down_order,
                 )?,
-                down: upload_linear(gpu, files, &format!("{p}.down"), &l.down)?,
+                down: match down_prep {
+                    Some(mut d) => {
+                        if down_order.is_some() {
+                            // gate|up's columns carry down's act-order: down reads its input as it comes.
+                            d.perm = None;
+                        }
+                        GpuLinear::Gptq(linear::upload_gptq(gpu, &format!("{p}.down"), &d)?)
+                    }
+                    None => upload_linear(gpu, files, &format!("{p}.down"), &l.down)?,
+                },
             };
             decode_bytes += layer.qkv.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
                 + layer.o.weight_bytes()

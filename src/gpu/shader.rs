@@ -100,7 +100,7 @@ impl Kernel {
             Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
             Kernel::Argmax | Kernel::ReduceAdd => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
-            Kernel::Gather => &[U, U, R, R, W],
+            Kernel::Gather => &[U, U, R, R, W, R],
         }
     }
 }

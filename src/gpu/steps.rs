@@ -7,11 +7,13 @@
 //! writes `ss`), so every dispatch is one the GPU has to wait for anyway.
 //! Per layer (6 dispatches, 7 with split attention): qkv, rope+kv, attention (+ combine), o+residual, gate|up,
 //! down+residual. f16 linears fall back to `reduce_add` for the residual.
-//! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs (act-order inputs gathered into the prepared order
-//! first) with separate RMSNorm and SiLU·mul ops and residual epilogues.
+//! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs with residual epilogues, act-order inputs gathered
+//! into the prepared order first (the gathers apply RMSNorm on the way), SiLU·mul in down's prepared order
+//! (gate|up's columns carry it, `prep::input_order`), and q|k|v split over K into slabs RoPE adds up, so its
+//! small grid fills the GPU (docs/PERF.md, runs 62-65).
 
 use super::context::Caps;
-use super::kernels::{self, AttnShape};
+use super::kernels::{self, AttnShape, GatherOp};
 use super::linear::{self, gemv_splits, Epilogue, GpuLinear, LinearMode, Prologue};
 use super::ops::{Dispatch, Pipelines};
 use super::plan::{Activations, GpuWeights, PlanShape};
@@ -357,6 +359,15 @@ pub fn prefill(
         /// x itself; act-order gathers it into `scratch` (a buffer free at this point of the layer), so the
         /// GEMM's loads are coalesced.
         Plain(&'a wgpu::Buffer, &'a wgpu::Buffer),
+        /// RMSNorm(x) with `weight`: applied by the act-order gathers themselves where every part has one,
+        /// else written to `xn` first and read as `Plain(xn, scratch)`.
+        Normed {
+            x: &'a wgpu::Buffer,
+            weight: &'a wgpu::Buffer,
+            eps: f32,
+            xn: &'a wgpu::Buffer,
+            scratch: &'a wgpu::Buffer,
+        },
         /// silu(gate) · up of gate|up ([cap, 2 I]), made in `act` ([cap, I]): by the act-order gather itself
         /// where the prepared rows fit `act`, by silu_mul otherwise.
         SwiGlu(&'a wgpu::Buffer, &'a wgpu::Buffer, u32),
@@ -367,29 +378,56 @@ pub fn prefill(
         pipes: &Pipelines,
         b: &Activations,
         cap: u32,
-        parts: impl IntoIterator<Item = (&'a GpuLinear, u32)>,
+        parts: &[(&'a GpuLinear, u32)],
         input: Input<'_>,
         y: &wgpu::Buffer,
         stride: u32,
         add: bool,
+        splits: u32,
         op: &'static str,
     ) -> Result<()> {
-        let (src, target, swiglu) = match input {
-            Input::Plain(x, scratch) => (x, scratch, None),
-            Input::SwiGlu(gate_up, act, inter) => (gate_up, act, Some(inter)),
+        // The act-order permutation of a part whose prepared rows fit the scratch buffer.
+        // (`WGPTQ_NO_GATHER=op+op`: those ops' GEMMs gather through perm themselves; measurements)
+        let own =
+            std::env::var("WGPTQ_NO_GATHER").is_ok_and(|v| v.split([',', '+']).any(|o| o == op));
+        let gathered = |lin: &'a GpuLinear, scratch: &wgpu::Buffer| match lin {
+            GpuLinear::Gptq(g) if !own && g.kp as u64 <= scratch.size() / 4 / cap as u64 => {
+                g.perm.as_ref().map(|p| (p, g))
+            }
+            _ => None,
         };
-        let width = target.size() / 4 / cap as u64;
+        let (src, target, how) = match input {
+            Input::Plain(x, scratch) => (x, scratch, GatherOp::Plain),
+            Input::Normed {
+                x,
+                weight,
+                eps,
+                xn,
+                scratch,
+            } => {
+                if parts.iter().all(|(l, _)| gathered(l, scratch).is_some()) {
+                    (x, scratch, GatherOp::Norm { weight, eps })
+                } else {
+                    let h = b.x.size() / 4 / cap as u64;
+                    d.push(kernels::rmsnorm(
+                        pipes, &b.step, x, weight, xn, h as u32, eps, cap,
+                    )?);
+                    (xn, scratch, GatherOp::Plain)
+                }
+            }
+            Input::SwiGlu(gate_up, act, inter) => (gate_up, act, GatherOp::SwiGlu(inter)),
+        };
         for (lin, col0) in parts {
             let mut m = LinearMode::new(cap, true, stride);
-            m.y_col0 = col0;
+            m.y_col0 = *col0;
             m.add = add;
-            let perm = match lin {
-                GpuLinear::Gptq(g) if g.kp as u64 <= width => g.perm.as_ref().map(|p| (p, g)),
-                _ => None,
-            };
-            let x = match (perm, swiglu) {
-                (Some((perm, g)), _) => {
-                    let x_stride = swiglu.map_or(g.k as u32, |i| 2 * i);
+            m.splits = splits;
+            let x = match (gathered(lin, target), how) {
+                (Some((perm, g)), how) => {
+                    let x_stride = match how {
+                        GatherOp::SwiGlu(i) => 2 * i,
+                        _ => g.k as u32,
+                    };
                     d.push(
                         kernels::gather(
                             pipes,
@@ -400,18 +438,18 @@ pub fn prefill(
                             g.kp as u32,
                             x_stride,
                             cap,
-                            swiglu,
+                            how,
                         )?
                         .named(op),
                     );
                     m.pre_permuted = true;
                     target
                 }
-                (None, Some(inter)) => {
+                (None, GatherOp::SwiGlu(inter)) => {
                     d.push(kernels::silu_mul(pipes, &b.step, src, target, inter, cap)?);
                     target
                 }
-                (None, None) => src,
+                (None, _) => src,
             };
             d.extend(named(
                 linear::linear_dispatches(pipes, &b.step, lin, x, y, &b.dummy, m, Prologue::None)?,
@@ -420,33 +458,55 @@ pub fn prefill(
         }
         Ok(())
     }
+    // q|k|v split over K on the matrix units (linear::prefill_qkv_splits), its slabs in gate_up's buffer, which is
+    // free until the gate|up GEMM.
+    let m = LinearMode::new(cap, true, qkv_n);
+    let qkv_splits = w
+        .layers
+        .iter()
+        .flat_map(|l| &l.qkv)
+        .map(|(lin, _)| match lin {
+            GpuLinear::Gptq(g) if linear::coop_choice(pipes, g, &m).ok().flatten().is_some() => {
+                linear::prefill_qkv_splits(g.kp)
+            }
+            _ => 1,
+        })
+        .min()
+        .unwrap_or(1);
+    let slab_bytes = u64::from(cap) * u64::from(qkv_n) * 4;
+    let qkv_splits = if qkv_splits > 1 && b.gate_up.size() >= u64::from(qkv_splits) * slab_bytes {
+        qkv_splits
+    } else {
+        1
+    };
+    let qkv_out = if qkv_splits > 1 { &b.gate_up } else { &b.qkv };
+    fn refs(parts: &[(GpuLinear, u32)]) -> Vec<(&GpuLinear, u32)> {
+        parts.iter().map(|(l, c)| (l, *c)).collect()
+    }
     let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, cap)?;
     for (i, l) in w.layers.iter().enumerate() {
         let (kc, vc) = &b.kv[i];
-        d.push(kernels::rmsnorm(
-            pipes,
-            step,
-            &b.x,
-            &l.input_norm,
-            &b.xn,
-            h,
-            eps,
-            cap,
-        )?);
         linears(
             &mut d,
             pipes,
             b,
             cap,
-            l.qkv.iter().map(|(l, c)| (l, *c)),
-            Input::Plain(&b.xn, &b.act),
-            &b.qkv,
+            &refs(&l.qkv),
+            Input::Normed {
+                x: &b.x,
+                weight: &l.input_norm,
+                eps,
+                xn: &b.xn,
+                scratch: &b.act,
+            },
+            qkv_out,
             qkv_n,
             false,
+            qkv_splits,
             "qkv",
         )?;
         d.push(kernels::rope_kv(
-            pipes, step, &b.qkv, &w.rope, &b.q, kc, vc, attn, cap, 1,
+            pipes, step, qkv_out, &w.rope, &b.q, kc, vc, attn, cap, qkv_splits,
         )?);
         d.extend(kernels::attention(
             pipes,
@@ -465,34 +525,31 @@ pub fn prefill(
             pipes,
             b,
             cap,
-            [(&l.o, 0)],
+            &[(&l.o, 0)],
             Input::Plain(&b.attn, &b.act),
             &b.x,
             h,
             true,
+            1,
             "o_proj",
         )?;
-        d.push(kernels::rmsnorm(
-            pipes,
-            step,
-            &b.x,
-            &l.post_norm,
-            &b.xn,
-            h,
-            eps,
-            cap,
-        )?);
-        let gu = l.gate_up.iter().map(|(l, c)| (l, *c));
         linears(
             &mut d,
             pipes,
             b,
             cap,
-            gu,
-            Input::Plain(&b.xn, &b.act),
+            &refs(&l.gate_up),
+            Input::Normed {
+                x: &b.x,
+                weight: &l.post_norm,
+                eps,
+                xn: &b.xn,
+                scratch: &b.act,
+            },
             &b.gate_up,
             2 * inter,
             false,
+            1,
             "gate_up",
         )?;
         linears(
@@ -500,11 +557,12 @@ pub fn prefill(
             pipes,
             b,
             cap,
-            [(&l.down, 0)],
+            &[(&l.down, 0)],
             Input::SwiGlu(&b.gate_up, &b.act, inter),
             &b.x,
             h,
             true,
+            1,
             "down",
         )?;
     }

@@ -177,7 +177,7 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
                 g.kp as u32,
                 case.k as u32,
                 cap as u32,
-                None,
+                wgptq::gpu::kernels::GatherOp::Plain,
             )
             .expect("gather");
             (&gathered_x, Some(d))

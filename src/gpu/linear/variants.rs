@@ -11,25 +11,18 @@ use crate::error::{Error, Result};
 /// tests. The first is the portable default; `WGPTQ_GEMV=COLS4xKSPLIT` picks another (benchmarking).
 pub const GEMV_TUNES: [(u32, u32); 6] = [(16, 16), (32, 8), (8, 32), (64, 4), (8, 64), (16, 32)];
 /// Packed weight words a GEMV thread loads per batch (kept in registers): the default and the choices
-/// `WGPTQ_UNROLL` may pick (benchmarking); all validated by naga in the tests.
+/// `WGPTQ_UNROLL` may pick (benchmarking); all validated by naga in the tests. 4 for every GEMV: the short runs
+/// of q|k|v and o (8-12 words per thread) took 1 word per batch from runs 18-19 (10-15% faster on the f32 path);
+/// on the integer path 4 everywhere decoded 309.8 against 295.3 tok/s in one call on the H100 (docs/PERF.md,
+/// run 66; run 40 had seen the same direction), 8 everywhere 295.7.
 pub const GEMV_UNROLL: u32 = 4;
 pub const GEMV_UNROLLS: [u32; 3] = [1, 4, 8];
-/// Words per thread up to which a GEMV loads one word at a time: on the H100 the short runs of the small
-/// projections (q|k|v, o: 8-12 words per thread) ran 10-15% faster with UNROLL = 1, the long ones (gate|up: 43)
-/// 25% slower (docs/PERF.md, runs 18-19).
-pub const GEMV_SHORT_RUN: u32 = 16;
 
-/// Words per load batch for a GEMV whose threads each read `words` packed words (`WGPTQ_UNROLL` overrides).
-pub(super) fn gemv_unroll(words: u32) -> u32 {
+/// Words per load batch of a GEMV (`WGPTQ_UNROLL` overrides [`GEMV_UNROLL`]).
+pub(super) fn gemv_unroll() -> u32 {
     env_u32("WGPTQ_UNROLL")
         .filter(|u| GEMV_UNROLLS.contains(u))
-        .unwrap_or(if words <= GEMV_SHORT_RUN {
-            1
-        } else {
-            env_u32("WGPTQ_UNROLL_LONG")
-                .filter(|u| GEMV_UNROLLS.contains(u))
-                .unwrap_or(GEMV_UNROLL)
-        })
+        .unwrap_or(GEMV_UNROLL)
 }
 
 /// A `WGPTQ_*` tuning variable as a number (unset or unparsable: `None`).
@@ -59,6 +52,18 @@ pub const F16_LANES: u32 = 64;
 /// (`WGPTQ_COOP_TM=64`, benchmarking: 3,674 against 4,448 tok/s with 512-token chunks, docs/PERF.md run 44),
 /// split over the workgroup's subgroups of 32 threads, each owning 32 tokens x 16 CN columns.
 pub const COOP_TN: u32 = 128;
+/// Prepared rows per step of the cooperative-matrix GEMM (its split-K unit).
+pub const COOP_KT: u32 = 32;
+/// Split-K factor of the prefill q|k|v GEMM on the matrix units: 2, where each half keeps at least 512 rows.
+/// Its grid is small (q|k|v of OpenChat-3.5 at 512 tokens: 48 column tiles x 4 token tiles = 192 workgroups of
+/// one per SM on the H100's 132 SMs, 1.45 waves: it ran at 57 TFLOP/s where gate|up's 7 waves ran at 80,
+/// docs/PERF.md); halves of K give twice the workgroups at half the work each, which shortens the last wave on
+/// any SM count, and RoPE adds the two slabs as it reads them. `WGPTQ_PREFILL_SPLITS` overrides (1 = none, at
+/// most 16; measurements).
+pub fn prefill_qkv_splits(kp: usize) -> u32 {
+    let want = env_u32("WGPTQ_PREFILL_SPLITS").unwrap_or(2).clamp(1, 16) as usize;
+    want.min((kp / 512).max(1)) as u32
+}
 /// The cooperative-matrix GEMM's (token tile, workgroup size) choices: 8 subgroups of 32 x 64 or 32 x 32, or 16
 /// subgroups of 32 x 32 (fewer accumulators per thread, more warps per SM).
 pub const COOP_TILES: [(u32, u32); 3] = [(64, 256), (128, 256), (128, 512)];
