@@ -10,7 +10,7 @@
 //! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs with residual epilogues, act-order inputs gathered
 //! into the prepared order first (the gathers apply RMSNorm on the way), SiLU·mul in down's prepared order
 //! (gate|up's columns carry it, `prep::input_order`), and q|k|v split over K into slabs RoPE adds up, so its
-//! small grid fills the GPU (docs/PERF.md, runs 62-65).
+//! small grid fills the GPU (docs/PERF.md, runs 62-67).
 
 use super::context::Caps;
 use super::kernels::{self, AttnShape, GatherOp};
@@ -365,6 +365,8 @@ pub fn prefill(
             x: &'a wgpu::Buffer,
             weight: &'a wgpu::Buffer,
             eps: f32,
+            /// row length of x (the hidden size)
+            n: u32,
             xn: &'a wgpu::Buffer,
             scratch: &'a wgpu::Buffer,
         },
@@ -402,15 +404,15 @@ pub fn prefill(
                 x,
                 weight,
                 eps,
+                n,
                 xn,
                 scratch,
             } => {
                 if parts.iter().all(|(l, _)| gathered(l, scratch).is_some()) {
                     (x, scratch, GatherOp::Norm { weight, eps })
                 } else {
-                    let h = b.x.size() / 4 / cap as u64;
                     d.push(kernels::rmsnorm(
-                        pipes, &b.step, x, weight, xn, h as u32, eps, cap,
+                        pipes, &b.step, x, weight, xn, n, eps, cap,
                     )?);
                     (xn, scratch, GatherOp::Plain)
                 }
@@ -496,6 +498,7 @@ pub fn prefill(
                 x: &b.x,
                 weight: &l.input_norm,
                 eps,
+                n: h,
                 xn: &b.xn,
                 scratch: &b.act,
             },
@@ -543,6 +546,7 @@ pub fn prefill(
                 x: &b.x,
                 weight: &l.post_norm,
                 eps,
+                n: h,
                 xn: &b.xn,
                 scratch: &b.act,
             },
