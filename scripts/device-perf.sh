@@ -51,7 +51,8 @@ if [ -n "${COMPARE8:-}" ]; then
 fi
 # 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE[,VAR=VALUE...] for WGPTQ_ tuning
 #    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, SHORT_DECODE=0, FUSE_RESIDUAL=0, ABLATE=op+op,
-#    GEMV_ABLATE=1|2, COOP=0, COOP_TM=64|128, COOP_WG=256|512, COOP_SCALED=0|2, COOP_SPLIT=0), CHUNK=n
+#    GEMV_ABLATE=1|2, COOP=0, COOP_TM=64|128, COOP_WG=256|512, COOP_SCALED=0|2, COOP_SPLIT=0, PREFILL_SPLITS=n,
+#    NO_GATHER=op+op), CHUNK=n
 #    (--prefill-chunk n), or BIN=name for another binary in .devbin.
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
   # BIN=name runs .devbin/name (another build carried beside the main one) instead.
