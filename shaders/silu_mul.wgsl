@@ -1,5 +1,5 @@
 // SwiGLU activation: act[t, i] = silu(gate[t, i]) * up[t, i], gate and up being the two halves of the fused
-// gate|up projection output. Defines: WG, V4 (vec4 elements), VW (4 with V4, else 1).
+// gate|up projection output. Defines: WG, V4 (vec4 elements).
 
 struct Params {
     inter: u32, // intermediate size I
@@ -28,7 +28,7 @@ struct Params {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     let t = gid.y;
-    let w = p.inter / {{VW}}u; // elements (f32 or vec4) per half row
+    let w = p.inter / ({{V4}}u * 3u + 1u); // elements (f32 or vec4) per half row
     if (t >= step.n_tokens || i >= w) { return; }
     let g = gate_up[t * 2u * w + i];
     let u = gate_up[t * 2u * w + w + i];

@@ -50,6 +50,29 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     );
 }
 
+/// A random order of `n` input indices and `pads` padding rows (u32::MAX), as act-order preparation makes.
+fn shuffled_perm(rng: &mut StdRng, n: usize, pads: usize) -> Vec<u32> {
+    let mut perm: Vec<u32> = (0..n as u32)
+        .chain(std::iter::repeat_n(u32::MAX, pads))
+        .collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.random_range(0..=i));
+    }
+    perm
+}
+
+/// Rows of `t` × `n` values gathered through `perm` (0 for padding rows), as the act-order gather writes them.
+fn gathered_rows(rows: &[f32], perm: &[u32], t: usize, n: usize) -> Vec<f32> {
+    (0..t)
+        .flat_map(|r| {
+            perm.iter().map(move |&src| match src {
+                u32::MAX => 0.0,
+                s => rows[r * n + s as usize],
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn embedding_gather_over_chunked_table() {
     let gpu = common::gpu();
@@ -125,10 +148,7 @@ fn rmsnorm_and_the_normed_gather_match_reference() {
         );
         // The same norm fused into an act-order gather (prefill): a shuffled permutation with padding rows.
         let kp = n + 3;
-        let mut perm: Vec<u32> = (0..n as u32).chain([u32::MAX; 3]).collect();
-        for i in (1..kp).rev() {
-            perm.swap(i, rng.random_range(0..=i));
-        }
+        let perm = shuffled_perm(&mut rng, n, 3);
         let pb = gpu
             .storage_init("perm", bytemuck::cast_slice(&perm))
             .unwrap();
@@ -139,15 +159,7 @@ fn rmsnorm_and_the_normed_gather_match_reference() {
         )
         .unwrap();
         ops::run(&gpu, &[&d]).unwrap();
-        let gathered: Vec<f32> = (0..t)
-            .flat_map(|r| {
-                let want = &want;
-                perm.iter().map(move |&src| match src {
-                    u32::MAX => 0.0,
-                    s => want[r * n + s as usize],
-                })
-            })
-            .collect();
+        let gathered = gathered_rows(&want, &perm, t, n);
         assert_close(
             &format!("gather with rmsnorm n={n}"),
             &read_f32(&gpu, &out, t * kp),
@@ -196,10 +208,7 @@ fn silu_mul_gather_swiglu_and_argmax() {
     // The same activation gathered into an act-order layout (a shuffled permutation with padding rows), as the
     // prefill plans it for the down projection.
     let kp = inter + 5;
-    let mut perm: Vec<u32> = (0..inter as u32).chain([u32::MAX; 5]).collect();
-    for i in (1..kp).rev() {
-        perm.swap(i, rng.random_range(0..=i));
-    }
+    let perm = shuffled_perm(&mut rng, inter, 5);
     let pb = gpu
         .storage_init("perm", bytemuck::cast_slice(&perm))
         .unwrap();
@@ -217,15 +226,7 @@ fn silu_mul_gather_swiglu_and_argmax() {
     )
     .unwrap();
     ops::run(&gpu, &[&d]).unwrap();
-    let gathered: Vec<f32> = (0..t)
-        .flat_map(|r| {
-            let want = &want;
-            perm.iter().map(move |&src| match src {
-                u32::MAX => 0.0,
-                s => want[r * inter + s as usize],
-            })
-        })
-        .collect();
+    let gathered = gathered_rows(&want, &perm, t, inter);
     assert_close(
         "gather_swiglu",
         &read_f32(&gpu, &out, t * kp),

@@ -432,7 +432,7 @@ pub fn silu_mul(
     let v4 = inter % 4 == 0;
     let vw = if v4 { 4 } else { 1 };
     pipes.dispatch(
-        pipes.key(Kernel::SiluMul, EW_WG, &[("V4", v4 as u32), ("VW", vw)]),
+        pipes.key(Kernel::SiluMul, EW_WG, &[("V4", v4 as u32)]),
         &P4 {
             a: inter,
             b: 0,
@@ -508,8 +508,8 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Embed, EW_WG, sg, &[]),
         make_key(Kernel::RmsNorm, ROW_WG, sg, &[]),
         make_key(Kernel::Rope, EW_WG, sg, &[]),
-        make_key(Kernel::SiluMul, EW_WG, sg, &[("V4", 0), ("VW", 1)]),
-        make_key(Kernel::SiluMul, EW_WG, sg, &[("V4", 1), ("VW", 4)]),
+        make_key(Kernel::SiluMul, EW_WG, sg, &[("V4", 0)]),
+        make_key(Kernel::SiluMul, EW_WG, sg, &[("V4", 1)]),
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),

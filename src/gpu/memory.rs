@@ -343,11 +343,8 @@ pub fn estimate(files: &ModelFiles, opts: &EstimateOptions) -> Result<MemoryEsti
         let gate_up = fused(vec![lay(&l.gate), lay(&l.up)]);
         let (o, mut down) = (lay(&l.o), lay(&l.down));
         // The planner moves down's act-order into gate|up's columns (plan.rs, prep::input_order): no perm buffer.
-        let gu_gptq = [&l.gate, &l.up]
-            .iter()
-            .all(|l| matches!(l, Linear::Gptq { .. }));
         if let LinearLayout::Gptq(d) = &mut down {
-            if gu_gptq && prep::plain_order(d.perm.as_deref(), d.kp, d.k).is_some() {
+            if l.gate_up_gptq() && prep::plain_order(d.perm.as_deref(), d.kp, d.k).is_some() {
                 d.perm = None;
             }
         }

@@ -197,10 +197,7 @@ impl GpuWeights {
             let p = format!("layers.{i}");
             // down's act-order moves into gate|up's column order where it is a plain permutation and both
             // gate and up are GPTQ (prep::input_order).
-            let gu_gptq = [&l.gate, &l.up]
-                .iter()
-                .all(|l| matches!(l, Linear::Gptq { .. }));
-            let down_prep = if gu_gptq {
+            let down_prep = if l.gate_up_gptq() {
                 prepared(files, &l.down)?
             } else {
                 None

@@ -68,6 +68,14 @@ pub struct LayerWeights {
     pub down: Linear,
 }
 
+impl LayerWeights {
+    /// Whether gate and up are both GPTQ: the GPU plan then carries down's act-order in gate|up's column order
+    /// where it is a plain permutation (`prep::input_order`), and the memory estimate must agree.
+    pub fn gate_up_gptq(&self) -> bool {
+        matches!(self.gate, Linear::Gptq { .. }) && matches!(self.up, Linear::Gptq { .. })
+    }
+}
+
 /// All weights of the model, validated against the config.
 #[derive(Debug, Clone)]
 pub struct ModelWeights {
