@@ -50,20 +50,20 @@ if [ -n "${COMPARE8:-}" ]; then
   rm -rf $M8
 fi
 # 2. Kernel variants at short context: each word of VARIANTS is VAR=VALUE[,VAR=VALUE...] for WGPTQ_ tuning
-#    variables (GEMV=COLS4xKSPLIT, UNROLL=1|4|8, SPLITK_TARGET=N, SHORT_DECODE=0, FUSE_RESIDUAL=0, ABLATE=op+op,
+#    variables (GEMV=COLS4xKSPLIT, DECODE_<OP>=COLS4xKSPLIT/SPLITS, UNROLL=1|4|8, SPLITK_TARGET=N, SHORT_DECODE=0, FUSE_RESIDUAL=0, ABLATE=op+op,
 #    GEMV_ABLATE=1|2, COOP=0, COOP_TM=64|128, COOP_WG=256|512, COOP_SCALED=0|2, COOP_SPLIT=0, PREFILL_SPLITS=n,
-#    NO_GATHER=op+op), CHUNK=n
+#    NO_GATHER=op+op, ATTN_G=1|2|4), CHUNK=n
 #    (--prefill-chunk n), or BIN=name for another binary in .devbin.
 for v in ${VARIANTS:-GEMV=16x16 GEMV=8x32 UNROLL=1 UNROLL=8 SPLITK_TARGET=256}; do
   # BIN=name runs .devbin/name (another build carried beside the main one) instead.
   envs=(); extra=(); VW=$W; IFS=',' read -ra kv <<< "$v"
   for x in "${kv[@]}"; do case $x in BIN=*) VW=.devbin/${x#BIN=} ;; CHUNK=*) extra+=(--prefill-chunk "${x#CHUNK=}") ;;
     *) envs+=("WGPTQ_$x") ;; esac; done
-  env "${envs[@]}" $VW bench --model $M --contexts 16 --prompt-lens ${VAR_PROMPT:-64} --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile "${extra[@]}" \
-    > "$OUT/var_$v.txt" 2>&1
-  log "variant $v"; grep -E "^ *(16|${VAR_PROMPT:-64}) " "$OUT/var_$v.txt" | head -3 | tee -a "$OUT/summary.txt"
+  env "${envs[@]}" $VW bench --model $M --contexts ${VAR_CONTEXTS:-16} --prompt-lens ${VAR_PROMPT:-64} --decode-tokens ${VAR_TOKENS:-64} --runs ${VAR_RUNS:-3} --profile "${extra[@]}" \
+    > "$OUT/var_${v//[\/,]/_}.txt" 2>&1
+  log "variant $v"; grep -E "^ *(16|4096|${VAR_PROMPT:-64}) " "$OUT/var_${v//[\/,]/_}.txt" | head -3 | tee -a "$OUT/summary.txt"
   # Per-op GPU times are steadier than tok/s (about 3% against 10% between runs): the GEMVs' lines.
-  grep -E "^  (qkv|o_proj|gate_up|down|attention) " "$OUT/var_$v.txt" | cut -c1-80 | tee -a "$OUT/summary.txt"
+  grep -E "^  (qkv|rope|o_proj|gate_up|down|attention) " "$OUT/var_${v//[\/,]/_}.txt" | cut -c1-80 | tee -a "$OUT/summary.txt"
 done
 if [ "${BRANCHES:-1}" = 1 ]; then
   IFS=';' read -ra BL <<< "${BRANCH_LIST:-4 32 --act-order;8 128 --act-order;8 -1 --act-order}"

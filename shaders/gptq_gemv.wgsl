@@ -388,13 +388,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var acc = vec4<f32>(0.0);
     for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
         stage_chunk(t, c0, r1, lid);
-        if (c0 > r0) {
-            wc0 = c0 / PF;
-            wc1 = min(c0 + {{XCHUNK}}u, r1) / PF;
-            per = run_words(wc0, wc1);
-            wb = wc0 + ks * per;
-            we = min(wb + per, wc1);
-        }
         if (wb < we) {
             var g_cur = wb / wpg;
             var g_end = (g_cur + 1u) * wpg;
@@ -407,8 +400,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var zz = zero_terms(group_zero(g_cur, c4s, n4));
 //#endif
             for (var w0 = wb; w0 < we; w0 += {{UNROLL}}u) {
-                // (the first batch was requested before the staging)
-                if (w0 != wb || c0 > r0) {
+                // (the chunk's first batch was requested before its staging)
+                if (w0 != wb) {
                     for (var u = 0u; u < {{UNROLL}}u; u++) {
                         if (w0 + u < we) { qs[u] = load_w((w0 + u) * n4 + c4s); }
                     }
@@ -444,6 +437,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 }
             }
             acc += group_total(aq, sv, g_cur, c4s, n4);
+        }
+        // The next chunk's run and its first batch, requested before its staging so the two latencies overlap.
+        let c1 = c0 + {{XCHUNK}}u;
+        if (c1 < r1) {
+            wc0 = c1 / PF;
+            wc1 = min(c1 + {{XCHUNK}}u, r1) / PF;
+            per = run_words(wc0, wc1);
+            wb = wc0 + ks * per;
+            we = min(wb + per, wc1);
+            for (var u = 0u; u < {{UNROLL}}u; u++) {
+                if (wb + u < we) { qs[u] = load_w((wb + u) * n4 + c4s); }
+            }
         }
         workgroupBarrier();
     }

@@ -153,13 +153,19 @@ fn gptq_gemv_matches_reference() {
 fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
     let mut rng = StdRng::seed_from_u64(19);
     // n = 264: 66 column quads over several column blocks (the last one partly dead) and a short last 32-column
-    // block; up to the 16 slabs the epilogue adds.
-    for (bits, pro, splits, tune) in [(4, 0, 16, (16, 16)), (8, 2, 7, (8, 32)), (4, 2, 2, (64, 4))]
-    {
+    // block; up to the 16 slabs the epilogue adds; without split-K on the shape the planner gives o_proj
+    // (linear::RESIDUAL_GEMV_TUNE), also over two staged chunks (K = 4352).
+    for (k, bits, pro, splits, tune) in [
+        (1024, 4, 0, 16, (16, 16)),
+        (1024, 8, 2, 7, (8, 32)),
+        (1024, 4, 2, 2, (64, 4)),
+        (1024, 8, 0, 1, linear::RESIDUAL_GEMV_TUNE),
+        (4352, 4, 2, 1, linear::RESIDUAL_GEMV_TUNE),
+    ] {
         let case = make_case(
             &mut rng,
             Spec {
-                k: 1024,
+                k,
                 n: 264,
                 bits,
                 group: Some(128),

@@ -276,6 +276,39 @@ pub fn attention_tile_qt(head_dim: u32, caps: &super::context::Caps) -> Option<u
         .find(|&qt| attention_tile_bytes(head_dim, sg, qt) <= caps.max_workgroup_storage)
 }
 
+/// Workgroup memory of the decode attention (attention.wgsl) for `head_dim` with `g` heads per workgroup: its
+/// arrays with or without subgroups, plus the prelude's reduction array.
+pub fn attention_bytes(head_dim: u32, subgroup: Option<u32>, g: u32) -> u32 {
+    let red = match subgroup {
+        Some(sg) if sg > 0 => ATTN_WG / sg * 16,
+        _ => ATTN_WG * 16,
+    };
+    head_dim / 4 * g * 16 + ATTN_WG * 16 + ATTN_WG * g * 16 + red + ATTN_WG * 4
+}
+
+/// Query heads per workgroup of the split decode attention (`splits > 1`, past 256 keys): the most of 4, 2, 1
+/// that divides the heads sharing a KV head and fits the workgroup memory, so each K and V row is read once for
+/// that many heads. At 4096 context the cache reads dominate decode attention: 4 heads per workgroup decoded
+/// 269-275 against 239-242 tok/s (H100, docs/PERF.md, run 71). Without splits (a short context, or a prefill
+/// fallback) 1: there the step is latency-bound and 4 heads per workgroup cost 2 µs per call at 16 keys (a
+/// quarter of the workgroups, 4 heads' reductions). `WGPTQ_ATTN_G=1|2|4` caps it (measurements).
+pub fn attention_heads_per_wg(s: &AttnShape, caps: &super::context::Caps, splits: u32) -> u32 {
+    let group = s.n_heads / s.n_kv.max(1);
+    let most = std::env::var("WGPTQ_ATTN_G")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(4)
+        .min(if splits > 1 { 4 } else { 1 });
+    [4, 2, 1]
+        .into_iter()
+        .find(|&g| {
+            g <= most
+                && group % g == 0
+                && attention_bytes(s.head_dim, caps.subgroup_size, g) <= caps.max_workgroup_storage
+        })
+        .unwrap_or(1)
+}
+
 /// q [cap, H d], caches → out [cap, H d]. A prefill chunk (cap > 1, no split) whose head_dim fits takes the
 /// tiled kernel ([`attention_tile_qt`]). With `splits > 1` the keys are split over workgroups writing
 /// `partial` ([cap, H, splits, d + 2] f32), and a combine op writes `out`.
@@ -322,16 +355,17 @@ pub fn attention(
         )?]);
     }
     let target = if splits > 1 { partial } else { out };
+    let g = attention_heads_per_wg(&s, &pipes.gpu.caps, splits);
     let mut d = vec![pipes.dispatch(
         pipes.key(
             Kernel::Attention,
             ATTN_WG,
-            &[("HD", s.head_dim), ("SPLIT", (splits > 1) as u32)],
+            &[("HD", s.head_dim), ("SPLIT", (splits > 1) as u32), ("G", g)],
         ),
         &params,
         step,
         &[q, k_cache, v_cache, target],
-        [s.n_heads, capacity, splits],
+        [s.n_heads / g, capacity, splits],
         kv_bytes,
     )?];
     if splits > 1 {
@@ -519,8 +553,9 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
     ];
     // Every head_dim AttnShape::check accepts.
     for hd in (4..=256u32).step_by(4) {
-        for split in [0, 1] {
-            let defs = [("HD", hd), ("SPLIT", split)];
+        // heads per workgroup: 1 without splits, up to 4 with (attention_heads_per_wg)
+        for (split, g) in [(0, 1), (1, 1), (1, 2), (1, 4)] {
+            let defs = [("HD", hd), ("SPLIT", split), ("G", g)];
             v.push(make_key(Kernel::Attention, ATTN_WG, sg, &defs));
         }
     }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::context::Caps;
 use super::kernels::{attention_splits, ss_blocks};
-use super::linear::gemv_splits;
+use super::linear::{decode_gemv_choice, gemv_splits};
 use crate::error::{Error, Result};
 use crate::model::{Linear, ModelConfig, ModelFiles, QuantConfig};
 use crate::prep::{self, FuseKey, RowOrder};
@@ -353,7 +353,12 @@ pub fn estimate(files: &ModelFiles, opts: &EstimateOptions) -> Result<MemoryEsti
         }
         s_qkv = s_qkv.max(group_splits(caps, &qkv));
         s_gu = s_gu.max(group_splits(caps, &gate_up));
-        let one = |x: &LinearLayout| x.gptq_shape().map_or(1, |(kp, n)| splits(caps, kp, n));
+        let one = |x: &LinearLayout| {
+            x.gptq_shape().map_or(1, |(kp, n)| match caps {
+                Some(c) => decode_gemv_choice(c, kp, n, true).1 as usize,
+                None => splits(None, kp, n),
+            })
+        };
         s_o = s_o.max(one(&o));
         s_down = s_down.max(one(&down));
     }

@@ -396,7 +396,7 @@ impl Plan {
                 gpu.storage(&format!("layers.{i}.v_cache"), kv_bytes)?,
             ));
         }
-        let splits = steps::DecodeSplits::choose(&gpu.caps, w);
+        let splits = steps::DecodeSplits::choose(&gpu.caps, w)?;
         let bufs = Activations {
             step: gpu.uniform_init("step", &[0u8; 16]),
             tokens: gpu.storage("tokens", (cap * 4) as u64)?,

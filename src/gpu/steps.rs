@@ -14,7 +14,7 @@
 
 use super::context::Caps;
 use super::kernels::{self, AttnShape, GatherOp};
-use super::linear::{self, gemv_splits, Epilogue, GpuLinear, LinearMode, Prologue};
+use super::linear::{self, gemv_splits_tuned, Epilogue, GpuLinear, LinearMode, Prologue};
 use super::ops::{Dispatch, Pipelines};
 use super::plan::{Activations, GpuWeights, PlanShape};
 use crate::error::Result;
@@ -23,16 +23,27 @@ fn named(v: Vec<Dispatch>, op: &'static str) -> Vec<Dispatch> {
     v.into_iter().map(|d| d.named(op)).collect()
 }
 
-/// Split-K factors of the decode matmuls (the same for every layer: they depend on shapes only).
+/// Split-K factors of the decode matmuls (the same for every layer: they depend on shapes only), and their GEMV
+/// shapes where a `WGPTQ_DECODE_<OP>` measurement override names one (`None`: the device default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeSplits {
     pub qkv: u32,
     pub o: u32,
     pub gate_up: u32,
     pub down: u32,
+    pub tunes: DecodeTunes,
 }
 
-fn group_splits(caps: &Caps, parts: &[(GpuLinear, u32)]) -> u32 {
+/// Per-op GEMV shapes (cols4, ksplit) of the decode matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecodeTunes {
+    pub qkv: Option<(u32, u32)>,
+    pub o: Option<(u32, u32)>,
+    pub gate_up: Option<(u32, u32)>,
+    pub down: Option<(u32, u32)>,
+}
+
+fn group_splits(caps: &Caps, parts: &[(GpuLinear, u32)], tune: Option<(u32, u32)>) -> u32 {
     let mut kp = None;
     let mut n = 0;
     for (l, _) in parts {
@@ -44,28 +55,48 @@ fn group_splits(caps: &Caps, parts: &[(GpuLinear, u32)]) -> u32 {
             _ => return 1,
         }
     }
-    kp.map_or(1, |kp| gemv_splits(caps, kp, n))
+    kp.map_or(1, |kp| gemv_splits_tuned(caps, kp, n, tune))
 }
 
 impl DecodeSplits {
-    pub fn choose(caps: &Caps, w: &GpuWeights) -> DecodeSplits {
+    pub fn choose(caps: &Caps, w: &GpuWeights) -> Result<DecodeSplits> {
+        let [qkv, o, gu, down] = ["QKV", "O", "GATE_UP", "DOWN"].map(linear::decode_override);
+        let (qkv, o, gu, down) = (qkv?, o?, gu?, down?);
+        let (qkv_t, o_t, gu_t, down_t) = (qkv.tune, o.tune, gu.tune, down.tune);
         let mut s = DecodeSplits {
             qkv: 1,
             o: 1,
             gate_up: 1,
             down: 1,
+            tunes: DecodeTunes {
+                qkv: qkv_t,
+                o: o_t,
+                gate_up: gu_t,
+                down: down_t,
+            },
+        };
+        // A residual GEMV's shape follows its matrix (decode_gemv_choice): the last layer's, which every layer
+        // shares in the models this serves; an override names one for all.
+        let residual = |lin: &GpuLinear, tune: Option<(u32, u32)>| match lin {
+            GpuLinear::Gptq(g) if tune.is_some() => {
+                (tune, gemv_splits_tuned(caps, g.kp, g.n, tune))
+            }
+            GpuLinear::Gptq(g) => linear::decode_gemv_choice(caps, g.kp, g.n, true),
+            GpuLinear::F16(_) => (None, 1),
         };
         for l in &w.layers {
-            let one = |lin: &GpuLinear| match lin {
-                GpuLinear::Gptq(g) => gemv_splits(caps, g.kp, g.n),
-                GpuLinear::F16(_) => 1,
-            };
-            s.qkv = s.qkv.max(group_splits(caps, &l.qkv));
-            s.gate_up = s.gate_up.max(group_splits(caps, &l.gate_up));
-            s.o = s.o.max(one(&l.o));
-            s.down = s.down.max(one(&l.down));
+            s.qkv = s.qkv.max(group_splits(caps, &l.qkv, qkv_t));
+            s.gate_up = s.gate_up.max(group_splits(caps, &l.gate_up, gu_t));
+            let (ot, os) = residual(&l.o, o_t);
+            let (dt, ds) = residual(&l.down, down_t);
+            (s.tunes.o, s.o) = (ot, s.o.max(os));
+            (s.tunes.down, s.down) = (dt, s.down.max(ds));
         }
-        s
+        s.qkv = qkv.splits.unwrap_or(s.qkv);
+        s.o = o.splits.unwrap_or(s.o);
+        s.gate_up = gu.splits.unwrap_or(s.gate_up);
+        s.down = down.splits.unwrap_or(s.down);
+        Ok(s)
     }
 }
 
@@ -94,6 +125,7 @@ fn decode_normed(
     out: &wgpu::Buffer,
     out_stride: u32,
     splits: u32,
+    tune: Option<(u32, u32)>,
     op: &'static str,
 ) -> Result<()> {
     let fuse = parts.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_)));
@@ -105,6 +137,7 @@ fn decode_normed(
     for (lin, col0) in parts {
         let mut m = LinearMode::new(1, false, out_stride);
         m.y_col0 = *col0;
+        m.tune = tune;
         let (x, pro) = if fuse {
             m.splits = splits;
             (
@@ -163,6 +196,7 @@ pub fn decode(
             &b.qkv_part,
             qkv_n,
             s_qkv,
+            splits.tunes.qkv,
             "qkv",
         )?;
         d.push(kernels::rope_kv(
@@ -197,6 +231,7 @@ pub fn decode(
         };
         let mut m = LinearMode::new(1, false, h);
         m.splits = s_o;
+        m.tune = splits.tunes.o;
         residual_linear(&mut d, pipes, b, &l.o, &b.attn, m, Prologue::None, "o_proj")?;
         // The SwiGLU prologue of a GPTQ down adds up split-K gate|up slabs; any f16 matmul here means no split.
         let down_gptq = matches!(l.down, GpuLinear::Gptq(_));
@@ -220,6 +255,7 @@ pub fn decode(
             &b.gu_part,
             2 * inter,
             s_gu,
+            splits.tunes.gate_up,
             "gate_up",
         )?;
         // down: the SwiGLU prologue adds up the gate|up slabs; its own slabs go through reduce_add.
@@ -235,6 +271,7 @@ pub fn decode(
         let mut m = LinearMode::new(1, false, h);
         m.splits = s_down;
         m.x_splits = x_splits;
+        m.tune = splits.tunes.down;
         residual_linear(&mut d, pipes, b, &l.down, down_x, m, pro, "down")?;
     }
     head(&mut d, pipes, w, b, 1, true)?;

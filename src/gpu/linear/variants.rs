@@ -166,6 +166,11 @@ pub fn gemv_tune(caps: &Caps, tune: Option<(u32, u32)>) -> Result<(u32, u32, u32
 /// 256 on discrete GPUs, `WGPTQ_SPLITK_TARGET` overrides) to fill the device, at least 256 rows per split, at
 /// most 16 splits; 1 on CPU adapters.
 pub fn gemv_splits(caps: &Caps, kp: usize, n: usize) -> u32 {
+    gemv_splits_tuned(caps, kp, n, None)
+}
+
+/// [`gemv_splits`] for a GEMV of shape `tune` (`None`: the device default).
+pub fn gemv_splits_tuned(caps: &Caps, kp: usize, n: usize, tune: Option<(u32, u32)>) -> u32 {
     if caps.is_cpu {
         return 1;
     }
@@ -174,7 +179,7 @@ pub fn gemv_splits(caps: &Caps, kp: usize, n: usize) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let (c, _, _) =
-        gemv_tune(caps, None).unwrap_or((GEMV_TUNES[0].0, GEMV_TUNES[0].1, GEMV_XCHUNKS[0]));
+        gemv_tune(caps, tune).unwrap_or((GEMV_TUNES[0].0, GEMV_TUNES[0].1, GEMV_XCHUNKS[0]));
     let blocks = (n / 4).div_ceil(c as usize).max(1);
     // The split count whose grid is nearest the target (gate|up on the H100: 2 splits, 224 workgroups, ran 12%
     // faster than 3 splits, 336; docs/PERF.md runs 29-30). At most 16: the consumers add slabs in loops of 16
@@ -182,6 +187,86 @@ pub fn gemv_splits(caps: &Caps, kp: usize, n: usize) -> u32 {
     ((target + blocks / 2) / blocks)
         .clamp(1, 16)
         .min((kp / 256).max(1)) as u32
+}
+
+/// The GEMV shape of a decode matmul with the residual epilogue that runs without split-K (see
+/// [`decode_gemv_choice`]): 8 column quads x 64 row runs, 512 threads.
+pub const RESIDUAL_GEMV_TUNE: (u32, u32) = (8, 64);
+
+/// A decode GEMV's (shape, split-K factor). With the residual epilogue (`residual`), a matrix whose prepared rows
+/// fit one staging chunk takes [`RESIDUAL_GEMV_TUNE`] and no split-K where that still gives 64 or more
+/// workgroups: the epilogue's split-K tail (slabs, device-scope barriers, an atomic arrival, the last
+/// workgroup's serial sum) costs more than the extra workgroups bring. On the H100, o_proj of OpenChat-3.5
+/// (4096 x 4096, 128 workgroups instead of 16 x 16): 680 against 818 µs per token (docs/PERF.md, run 68); down
+/// (14336 rows, 4 staging chunks) was slower that way (1333 against 1138) and keeps split-K, as do the GEMVs
+/// without the epilogue, which have no tail. Everything else: the device default shape and [`gemv_splits`].
+pub fn decode_gemv_choice(
+    caps: &Caps,
+    kp: usize,
+    n: usize,
+    residual: bool,
+) -> (Option<(u32, u32)>, u32) {
+    let t = RESIDUAL_GEMV_TUNE;
+    let fits = |x: u32| kp <= x as usize;
+    if residual
+        && !caps.is_cpu
+        && (t.0 * t.1) <= caps.max_invocations
+        && n / 4 / t.0 as usize >= 64
+        && gemv_tune(caps, Some(t)).is_ok_and(|(_, _, x)| fits(x))
+    {
+        return (Some(t), 1);
+    }
+    (None, gemv_splits(caps, kp, n))
+}
+
+/// A decode GEMV's shape and split-K factor from `WGPTQ_DECODE_<OP>=COLS4xKSPLIT[/SPLITS]` (or `=/SPLITS`), `OP`
+/// one of QKV, O, GATE_UP, DOWN: a per-op measurement override of [`gemv_tune`] and [`gemv_splits`]
+/// (docs/PERF.md). Both `None` when unset.
+pub fn decode_override(op: &str) -> Result<DecodeOverride> {
+    let name = format!("WGPTQ_DECODE_{op}");
+    let Ok(v) = std::env::var(&name) else {
+        return Ok(DecodeOverride::default());
+    };
+    let bad = |reason: String| Error::InvalidArgument {
+        name: name.clone(),
+        value: v.clone(),
+        reason,
+    };
+    let (shape, splits) = v.split_once('/').unwrap_or((&v, ""));
+    let tune = match shape {
+        "" => None,
+        s => {
+            let t = s
+                .split_once('x')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                .filter(|t| GEMV_TUNES.contains(t))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "shape: one of {GEMV_TUNES:?} written as COLS4xKSPLIT"
+                    ))
+                })?;
+            Some(t)
+        }
+    };
+    let splits = match splits {
+        "" => None,
+        s => Some(
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .ok_or_else(|| bad("splits: 1 to 16".into()))?,
+        ),
+    };
+    Ok(DecodeOverride { tune, splits })
+}
+
+/// A decode GEMV's measurement override ([`decode_override`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeOverride {
+    /// GEMV shape (cols4, ksplit).
+    pub tune: Option<(u32, u32)>,
+    /// Split-K factor.
+    pub splits: Option<u32>,
 }
 
 /// One GPTQ kernel variant (pure data: the planner's choice and the naga test's enumeration agree).
