@@ -609,3 +609,27 @@ fn reduce_add_sums_slabs_and_block_sums_of_squares() {
     let step = step_buf(&gpu, 1, 0, 0);
     assert!(kernels::reduce_add(&pipes, &step, &b, &b, &b, 4, 17, 1).is_err());
 }
+
+/// The runner's grid-barrier kernel finishes and leaves its counters at zero, so the next dispatch (the runner
+/// times two in a row) starts from a clean count; a wrong arrival count would spin forever (the test would hang
+/// rather than pass). One workgroup: CI's lavapipe does not promise that several are resident at once.
+#[test]
+fn grid_barrier_finishes_and_resets_its_counters() {
+    let gpu = common::gpu();
+    let pipes = Pipelines::new(gpu.clone());
+    let bar = gpu
+        .storage_init("bar", bytemuck::cast_slice(&[0u32; 4]))
+        .unwrap();
+    let step = step_buf(&gpu, 1, 0, 0);
+    let d = kernels::grid_barrier(&pipes, &step, &bar, 1, 50).unwrap();
+    ops::run(&gpu, &[&d, &d]).unwrap();
+    let got: Vec<u32> = read_f32(&gpu, &bar, 2)
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    assert_eq!(
+        got,
+        [0, 0],
+        "arrival and departure counters after two dispatches"
+    );
+}

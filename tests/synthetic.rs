@@ -288,11 +288,21 @@ fn bench_runs_end_to_end_on_tiny() {
             ..Default::default()
         },
         seed: 1,
+        // One workgroup: all a CPU adapter is sure to hold at once.
+        grid_barrier: Some(1),
     };
     let mut steps = Vec::new();
     let r = bench::run_with_progress(&opts, |s| steps.push(s.to_string())).expect("bench runs");
     assert!(steps.len() >= 5, "progress reported: {steps:?}");
     assert_eq!(r.wgpu_version, "30.0.2");
+    let g = r
+        .grid_barrier
+        .as_ref()
+        .expect("grid barrier measured when asked");
+    assert!(
+        g.per_barrier_us.is_finite() && g.per_barrier_us > 0.0 && g.workgroups == 1,
+        "{g:?}"
+    );
     assert!(!r.adapter.name.is_empty());
     assert!(r.ceiling.gbps > 0.0 && r.ceiling.wall_gbps > 0.0 && r.ceiling.buffer_bytes > 0);
     assert!(r.decode_bytes_per_token > 0);

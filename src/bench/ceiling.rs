@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::report::{median, CeilingReport, DispatchFloorReport};
+use super::report::{median, CeilingReport, DispatchFloorReport, GridBarrierReport};
 use crate::error::{Error, Result};
 use crate::gpu::kernels;
 use crate::gpu::{Dispatch, Gpu, Pipelines, StepParams};
@@ -245,6 +245,43 @@ pub(crate) fn dispatch_floor(
         same_us: chain(&[&a])?,
         alternating_us: chain(&[&a, &b])?,
         switching_us: chain(&[&a, &s])?,
+        source: if timer.is_some() {
+            "pass timestamps"
+        } else {
+            "wall clock"
+        }
+        .into(),
+    })
+}
+
+/// Grid-wide barriers per dispatch in [`grid_barrier`].
+pub const GRID_BARRIERS: u32 = 1000;
+
+/// What a grid-wide barrier costs among `workgroups` co-resident workgroups (one storage counter, spin-waits):
+/// two dispatches of [`GRID_BARRIERS`] barriers each, median of `runs` submits, GPU time per barrier in µs (the
+/// two dispatch boundaries are 0.2% of it). Asked for only (`bench --grid-barrier`): a grid larger than the
+/// adapter holds at once never finishes.
+pub(crate) fn grid_barrier(
+    gpu: &Arc<Gpu>,
+    pipes: &Pipelines,
+    workgroups: u32,
+    runs: usize,
+) -> Result<GridBarrierReport> {
+    let bar = gpu.storage("bench.grid_barrier", 16)?;
+    let step = gpu.uniform_init("bench.grid_barrier.step", &[0u8; 16]);
+    let d = kernels::grid_barrier(pipes, &step, &bar, workgroups, GRID_BARRIERS)?;
+    let timer = gpu.caps.timestamps.then(|| PassTimer::new(gpu));
+    time_pass(gpu, &[&d], 2, None)?; // warm-up
+    let mut us = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (wall, ts) = time_pass(gpu, &[&d], 2, timer.as_ref())?;
+        us.push(ts.unwrap_or(wall) * 1e6 / (2 * GRID_BARRIERS) as f64);
+    }
+    Ok(GridBarrierReport {
+        workgroups,
+        threads_per_workgroup: kernels::GRID_BARRIER_WG,
+        barriers: 2 * GRID_BARRIERS,
+        per_barrier_us: median(&us),
         source: if timer.is_some() {
             "pass timestamps"
         } else {

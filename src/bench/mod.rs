@@ -57,6 +57,9 @@ pub struct BenchOptions {
     pub device: DeviceOptions,
     /// Seed of the random prompt token ids.
     pub seed: u64,
+    /// Also time a grid-wide barrier among this many workgroups ([`ceiling::grid_barrier`]); they must all be
+    /// resident on the adapter at once, or the measurement never ends.
+    pub grid_barrier: Option<u32>,
 }
 
 impl Default for BenchOptions {
@@ -72,6 +75,7 @@ impl Default for BenchOptions {
             prefill_chunk: LoadOptions::default().prefill_chunk,
             device: DeviceOptions::default(),
             seed: 0,
+            grid_barrier: None,
         }
     }
 }
@@ -98,6 +102,13 @@ impl BenchOptions {
         }
         if self.prefill_chunk == 0 {
             return Err(invalid("prefill_chunk", 0, "must be at least 1"));
+        }
+        if let Some(n @ (0 | 65536..)) = self.grid_barrier {
+            return Err(invalid(
+                "grid_barrier",
+                n,
+                "1 to 65535 workgroups, all resident on the adapter at once",
+            ));
         }
         if let Some(&bad) = self.prompt_lens.iter().find(|&&p| p == 0) {
             return Err(invalid(
@@ -181,6 +192,18 @@ pub fn run_with_progress(
     progress("measuring the streaming-read ceiling");
     let ceiling = ceiling::measure(&gpu, &model.pipes, opts.runs.max(3))?;
     let dispatch_floor = ceiling::dispatch_floor(&gpu, &model.pipes, opts.runs.max(3))?;
+    let grid_barrier = match opts.grid_barrier {
+        Some(n) => {
+            progress("measuring a grid-wide barrier");
+            Some(ceiling::grid_barrier(
+                &gpu,
+                &model.pipes,
+                n,
+                opts.runs.max(3),
+            )?)
+        }
+        None => None,
+    };
 
     progress("building the session plan");
     let t = Instant::now();
@@ -346,6 +369,7 @@ pub fn run_with_progress(
         decode_bytes_per_token: decode_bytes,
         ceiling,
         dispatch_floor,
+        grid_barrier,
         prefill,
         decode,
         profile_note,

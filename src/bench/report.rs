@@ -19,6 +19,8 @@ pub struct BenchReport {
     pub decode_bytes_per_token: u64,
     pub ceiling: CeilingReport,
     pub dispatch_floor: DispatchFloorReport,
+    /// `--grid-barrier N` only.
+    pub grid_barrier: Option<GridBarrierReport>,
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
     /// Why the per-op profile is missing, when it was asked for and could not be made.
@@ -119,6 +121,17 @@ pub struct CeilingReport {
     pub source: String,
     /// (threads, GB/s) of every grid tried.
     pub sweep: Vec<(u64, f64)>,
+}
+
+/// [`super::ceiling::grid_barrier`]: a persistent kernel's phase boundary, to set beside the dispatch floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridBarrierReport {
+    pub workgroups: u32,
+    pub threads_per_workgroup: u32,
+    /// Barriers timed per submit.
+    pub barriers: u32,
+    pub per_barrier_us: f64,
+    pub source: String,
 }
 
 /// GPU time per dispatch of chains of small dispatches in one pass (see `dispatch_floor` in ceiling.rs).
@@ -311,6 +324,17 @@ impl BenchReport {
             num(f.switching_us),
             f.source,
         );
+        if let Some(g) = &self.grid_barrier {
+            let _ = writeln!(
+                s,
+                "grid sync {} µs per grid-wide barrier among {} workgroups of {} threads (storage atomic, spin-wait; {} barriers, {})",
+                num(g.per_barrier_us),
+                g.workgroups,
+                g.threads_per_workgroup,
+                g.barriers,
+                g.source,
+            );
+        }
         if !self.prefill.is_empty() {
             let _ = writeln!(
                 s,

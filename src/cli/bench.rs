@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// Seed of the synthetic weights and of the random prompt token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also time a grid-wide barrier among N workgroups of 64 threads (spin-waits on a storage atomic: what a
+    /// persistent kernel would pay per phase). All N must be resident on the GPU at once, or it hangs; the SM
+    /// (compute unit) count is a safe N
+    #[arg(long, value_name = "N")]
+    pub grid_barrier: Option<u32>,
 }
 
 /// A generated model directory removed when dropped (unless it was asked to be kept).
@@ -166,6 +171,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             no_matrix_units: args.no_matrix_units,
         },
         seed: args.seed,
+        grid_barrier: args.grid_barrier,
     };
     let t0 = Instant::now();
     let report = bench::run_with_progress(&opts, |step| {

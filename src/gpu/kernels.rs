@@ -536,6 +536,34 @@ pub fn stream(
     )
 }
 
+/// Workgroup size of [`grid_barrier`].
+pub const GRID_BARRIER_WG: u32 = 64;
+
+/// `iters` grid-wide barriers among `workgroups` workgroups spinning on `bar` ([2] u32, zero before and after):
+/// the benchmark runner's measurement of a persistent kernel's phase boundary. Every workgroup must be resident
+/// at once, or the dispatch never ends.
+pub fn grid_barrier(
+    pipes: &Pipelines,
+    step: &wgpu::Buffer,
+    bar: &wgpu::Buffer,
+    workgroups: u32,
+    iters: u32,
+) -> Result<Dispatch> {
+    pipes.dispatch(
+        pipes.key(Kernel::GridBarrier, GRID_BARRIER_WG, &[]),
+        &P4 {
+            a: iters,
+            b: 0,
+            c: 0,
+            d: 0,
+        },
+        step,
+        &[bar],
+        [workgroups, 1, 1],
+        0,
+    )
+}
+
 /// Every variant the builders of this module can produce.
 pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
     let mut v = vec![
@@ -547,6 +575,7 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::Argmax, ROW_WG, sg, &[]),
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
+        make_key(Kernel::GridBarrier, GRID_BARRIER_WG, sg, &[]),
         make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 0), ("SWIGLU", 0)]),
         make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 1), ("SWIGLU", 0)]),
         make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 0), ("SWIGLU", 1)]),

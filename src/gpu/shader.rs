@@ -24,10 +24,11 @@ pub enum Kernel {
     Argmax,
     Stream,
     Gather,
+    GridBarrier,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
@@ -43,6 +44,7 @@ impl Kernel {
         Kernel::Argmax,
         Kernel::Stream,
         Kernel::Gather,
+        Kernel::GridBarrier,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Kernel {
             Kernel::ReduceAdd => "reduce_add.wgsl",
             Kernel::Argmax => "argmax.wgsl",
             Kernel::Stream => "stream.wgsl",
+            Kernel::GridBarrier => "grid_barrier.wgsl",
             Kernel::Gather => "gather.wgsl",
         }
     }
@@ -81,6 +84,7 @@ impl Kernel {
             Kernel::ReduceAdd => include_str!("../../shaders/reduce_add.wgsl"),
             Kernel::Argmax => include_str!("../../shaders/argmax.wgsl"),
             Kernel::Stream => include_str!("../../shaders/stream.wgsl"),
+            Kernel::GridBarrier => include_str!("../../shaders/grid_barrier.wgsl"),
             Kernel::Gather => include_str!("../../shaders/gather.wgsl"),
         }
     }
@@ -100,6 +104,7 @@ impl Kernel {
             Kernel::SiluMul | Kernel::AttentionCombine => &[U, U, R, W],
             Kernel::Argmax | Kernel::ReduceAdd => &[U, U, R, W, W],
             Kernel::Stream => &[U, U, R, W],
+            Kernel::GridBarrier => &[U, U, W],
             Kernel::Gather => &[U, U, R, R, W, R],
         }
     }
