@@ -57,6 +57,13 @@ impl GpuLinear {
             GpuLinear::F16(f) => f.k,
         }
     }
+    /// (prepared rows, columns) of a GPTQ matrix; `None` for f16.
+    pub fn gptq_shape(&self) -> Option<(usize, usize)> {
+        match self {
+            GpuLinear::Gptq(g) => Some((g.kp, g.n)),
+            GpuLinear::F16(_) => None,
+        }
+    }
     /// Bytes of weights read per pass over the matrix.
     pub fn weight_bytes(&self) -> u64 {
         match self {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::context::Caps;
 use super::kernels::{attention_splits, ss_blocks};
-use super::linear::{decode_gemv_choice, gemv_splits};
+use super::linear::{gemv_splits, residual_gemv_choice};
 use crate::error::{Error, Result};
 use crate::model::{Linear, ModelConfig, ModelFiles, QuantConfig};
 use crate::prep::{self, FuseKey, RowOrder};
@@ -335,7 +335,8 @@ pub fn estimate(files: &ModelFiles, opts: &EstimateOptions) -> Result<MemoryEsti
     wb.f16 += buf(c.vocab_size * h * 2); // embedding
     wb.norms += buf(h * 4); // final norm
     wb.rope += buf(context * (hd / 2) * 8);
-    let (mut s_qkv, mut s_gu, mut s_o, mut s_down) = (1, 1, 1, 1);
+    let (mut s_qkv, mut s_gu) = (1, 1);
+    let (mut o_shapes, mut down_shapes) = (Vec::new(), Vec::new());
     for l in &w.layers {
         wb.norms += 2 * buf(h * 4);
         let lay = |lin: &Linear| layout(files, lin, opts.layout);
@@ -353,15 +354,20 @@ pub fn estimate(files: &ModelFiles, opts: &EstimateOptions) -> Result<MemoryEsti
         }
         s_qkv = s_qkv.max(group_splits(caps, &qkv));
         s_gu = s_gu.max(group_splits(caps, &gate_up));
-        let one = |x: &LinearLayout| {
-            x.gptq_shape().map_or(1, |(kp, n)| match caps {
-                Some(c) => decode_gemv_choice(c, kp, n, true).1 as usize,
-                None => splits(None, kp, n),
-            })
-        };
-        s_o = s_o.max(one(&o));
-        s_down = s_down.max(one(&down));
+        o_shapes.push(o.gptq_shape());
+        down_shapes.push(down.gptq_shape());
     }
+    // The residual GEMVs' split-K factors as the planner chooses them (steps::DecodeSplits).
+    let residual = |shapes: &[Option<(usize, usize)>]| match caps {
+        Some(c) => residual_gemv_choice(c, shapes, None).1 as usize,
+        None => shapes
+            .iter()
+            .flatten()
+            .map(|&(kp, n)| splits(None, kp, n))
+            .max()
+            .unwrap_or(1),
+    };
+    let (s_o, s_down) = (residual(&o_shapes), residual(&down_shapes));
     // Tied embeddings: the head reads the embedding's buffers.
     let tied = matches!(&w.lm_head, Linear::F16 { weight, .. } if c.tie_word_embeddings && *weight == w.embed);
     if !tied {

@@ -18,7 +18,7 @@ use super::context::Caps;
 use super::kernels::{self, AttnShape, GatherOp};
 use super::linear::{self, gemv_splits_tuned, Epilogue, GpuLinear, LinearMode, Prologue};
 use super::ops::{Dispatch, Pipelines};
-use super::plan::{Activations, GpuWeights, PlanShape};
+use super::plan::{Activations, GpuLayer, GpuWeights, PlanShape};
 use crate::error::Result;
 
 fn named(v: Vec<Dispatch>, op: &'static str) -> Vec<Dispatch> {
@@ -77,23 +77,15 @@ impl DecodeSplits {
                 down: down_t,
             },
         };
-        // A residual GEMV's shape follows its matrix (decode_gemv_choice): the last layer's, which every layer
-        // shares in the models this serves; an override names one for all.
-        let residual = |lin: &GpuLinear, tune: Option<(u32, u32)>| match lin {
-            GpuLinear::Gptq(g) if tune.is_some() => {
-                (tune, gemv_splits_tuned(caps, g.kp, g.n, tune))
-            }
-            GpuLinear::Gptq(g) => linear::decode_gemv_choice(caps, g.kp, g.n, true),
-            GpuLinear::F16(_) => (None, 1),
-        };
         for l in &w.layers {
             s.qkv = s.qkv.max(group_splits(caps, &l.qkv, qkv_t));
             s.gate_up = s.gate_up.max(group_splits(caps, &l.gate_up, gu_t));
-            let (ot, os) = residual(&l.o, o_t);
-            let (dt, ds) = residual(&l.down, down_t);
-            (s.tunes.o, s.o) = (ot, s.o.max(os));
-            (s.tunes.down, s.down) = (dt, s.down.max(ds));
         }
+        let shapes = |f: fn(&GpuLayer) -> &GpuLinear| -> Vec<Option<(usize, usize)>> {
+            w.layers.iter().map(|l| f(l).gptq_shape()).collect()
+        };
+        (s.tunes.o, s.o) = linear::residual_gemv_choice(caps, &shapes(|l| &l.o), o_t);
+        (s.tunes.down, s.down) = linear::residual_gemv_choice(caps, &shapes(|l| &l.down), down_t);
         s.qkv = qkv.splits.unwrap_or(s.qkv);
         s.o = o.splits.unwrap_or(s.o);
         s.gate_up = gu.splits.unwrap_or(s.gate_up);

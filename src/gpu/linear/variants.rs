@@ -219,6 +219,32 @@ pub fn decode_gemv_choice(
     (None, gemv_splits(caps, kp, n))
 }
 
+/// One (shape, split-K factor) for a residual GEMV of every layer, from each layer's GPTQ (prepared rows, columns)
+/// (`None`: an f16 matrix, which takes no GEMV): the layers' common [`decode_gemv_choice`], or `tune` with its
+/// split count where a measurement override names a shape; where layers differ (a checkpoint mixing shapes or
+/// formats), the default shape with the most splits any layer wants. The planner and the memory estimate both
+/// take it.
+pub fn residual_gemv_choice(
+    caps: &Caps,
+    shapes: &[Option<(usize, usize)>],
+    tune: Option<(u32, u32)>,
+) -> (Option<(u32, u32)>, u32) {
+    let choice = |s: &Option<(usize, usize)>, residual: bool| match *s {
+        Some((kp, n)) if tune.is_some() => (tune, gemv_splits_tuned(caps, kp, n, tune)),
+        Some((kp, n)) => decode_gemv_choice(caps, kp, n, residual),
+        None => (None, 1),
+    };
+    let choices: Vec<_> = shapes.iter().map(|s| choice(s, true)).collect();
+    match choices.first() {
+        Some(&first) if choices.iter().all(|&c| c == first) => first,
+        // (without the residual rule: the default shape and its split count)
+        _ => (
+            None,
+            shapes.iter().map(|s| choice(s, false).1).max().unwrap_or(1),
+        ),
+    }
+}
+
 /// A decode GEMV's shape and split-K factor from `WGPTQ_DECODE_<OP>=COLS4xKSPLIT[/SPLITS]` (or `=/SPLITS`), `OP`
 /// one of QKV, O, GATE_UP, DOWN: a per-op measurement override of [`gemv_tune`] and [`gemv_splits`]
 /// (docs/PERF.md). Both `None` when unset.
