@@ -1,5 +1,6 @@
 // Dense f16 matmul y[t, row_start + n] = sum_k x[t, k] * W[n, k] (lm_head, and any linear the checkpoint left in
-// f16). ROWS output rows per workgroup, LANES threads per row summing K in 8-element (16-byte) steps.
+// f16). ROWS output rows per workgroup, LANES threads per row summing K in 8-element (16-byte) steps, BATCH
+// steps' weight words loaded together before they are used, so their latencies overlap.
 // With LAST_ONLY only the step's logits_row is computed and written to y row 0.
 //
 // Defines: ROWS, LANES, WG = ROWS * LANES, LAST_ONLY, ADD.
@@ -13,14 +14,20 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
-// x: [capacity, K] f32
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+// x: [capacity, K / 4] vec4<f32>
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 // w: [n, K / 8] vec4<u32>, 8 f16 along K per vec4 (nn.Linear row-major layout)
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 // y: [capacity (or 1 with LAST_ONLY), y_stride] f32
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 var<workgroup> part: array<f32, {{WG}}>;
+
+const BATCH: u32 = 4u;
+
+fn halves(w: u32, v: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(w), unpack2x16float(v));
+}
 
 @compute @workgroup_size({{WG}})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -38,15 +45,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var t = t_begin; t < t_end; t++) {
         var acc = 0.0;
         if (n < p.n) {
-            for (var i = lane; i < k8; i += {{LANES}}u) {
-                let q = w[n * k8 + i];
-                let xb = t * p.k + 8u * i;
-                let a = unpack2x16float(q.x);
-                let b = unpack2x16float(q.y);
-                let c = unpack2x16float(q.z);
-                let d = unpack2x16float(q.w);
-                acc += x[xb] * a.x + x[xb + 1u] * a.y + x[xb + 2u] * b.x + x[xb + 3u] * b.y
-                     + x[xb + 4u] * c.x + x[xb + 5u] * c.y + x[xb + 6u] * d.x + x[xb + 7u] * d.y;
+            for (var i0 = lane; i0 < k8; i0 += BATCH * {{LANES}}u) {
+                var q: array<vec4<u32>, BATCH>;
+                for (var u = 0u; u < BATCH; u++) {
+                    let i = i0 + u * {{LANES}}u;
+                    if (i < k8) { q[u] = w[n * k8 + i]; }
+                }
+                for (var u = 0u; u < BATCH; u++) {
+                    let i = i0 + u * {{LANES}}u;
+                    if (i < k8) {
+                        let xb = (t * p.k + 8u * i) / 4u;
+                        acc += dot(x[xb], halves(q[u].x, q[u].y)) + dot(x[xb + 1u], halves(q[u].z, q[u].w));
+                    }
+                }
             }
         }
         part[lid] = acc;
