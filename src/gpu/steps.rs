@@ -5,7 +5,7 @@
 //! their partial slabs are summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up), and
 //! for down by the GEMV's own residual epilogue (the last split of each column block adds them into x and
 //! writes `ss`), so every dispatch is one the GPU has to wait for anyway. o runs without split-K where its rows
-//! fit one staging chunk (`linear::decode_gemv_choice`: that tail cost it more than the split gave) and adds into
+//! fit one staging chunk (`linear::residual_gemv_shape`: that tail cost it more than the split gave) and adds into
 //! x directly.
 //! Per layer (6 dispatches, 7 with split attention): qkv, rope+kv, attention (+ combine), o+residual, gate|up,
 //! down+residual. f16 linears fall back to `reduce_add` for the residual.

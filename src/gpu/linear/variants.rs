@@ -190,29 +190,22 @@ pub fn gemv_splits_tuned(caps: &Caps, kp: usize, n: usize, tune: Option<(u32, u3
 }
 
 /// The GEMV shape of a decode matmul with the residual epilogue that runs without split-K (see
-/// [`decode_gemv_choice`]): 8 column quads x 64 row runs, 512 threads.
+/// [`residual_gemv_shape`]): 8 column quads x 64 row runs, 512 threads.
 pub const RESIDUAL_GEMV_TUNE: (u32, u32) = (8, 64);
 
-/// A decode GEMV's (shape, split-K factor). With the residual epilogue (`residual`), a matrix whose prepared rows
-/// fit one staging chunk takes [`RESIDUAL_GEMV_TUNE`] and no split-K where that still gives 64 or more
-/// workgroups: the epilogue's split-K tail (slabs, device-scope barriers, an atomic arrival, the last
-/// workgroup's serial sum) costs more than the extra workgroups bring. On the H100, o_proj of OpenChat-3.5
-/// (4096 x 4096, 128 workgroups instead of 16 x 16): 680 against 818 µs per token (docs/PERF.md, run 68); down
-/// (14336 rows, 4 staging chunks) was slower that way (1333 against 1138) and keeps split-K, as do the GEMVs
-/// without the epilogue, which have no tail. Everything else: the device default shape and [`gemv_splits`].
-pub fn decode_gemv_choice(
-    caps: &Caps,
-    kp: usize,
-    n: usize,
-    residual: bool,
-) -> (Option<(u32, u32)>, u32) {
+/// A decode GEMV's (shape, split-K factor) with the residual epilogue. A matrix whose prepared rows fit one
+/// staging chunk takes [`RESIDUAL_GEMV_TUNE`] and no split-K where that still gives 64 or more workgroups: the
+/// epilogue's split-K tail (slabs, device-scope barriers, an atomic arrival, the last workgroup's serial sum)
+/// costs more than the extra workgroups bring. On the H100, o_proj of OpenChat-3.5 (4096 x 4096, 128 workgroups
+/// instead of 16 x 16): 680 against 818 µs per token (docs/PERF.md, run 68); down (14336 rows, 4 staging
+/// chunks) was slower that way (1333 against 1138) and keeps split-K, as do the GEMVs without the epilogue,
+/// which have no tail. Otherwise: the device default shape and [`gemv_splits`].
+pub fn residual_gemv_shape(caps: &Caps, kp: usize, n: usize) -> (Option<(u32, u32)>, u32) {
     let t = RESIDUAL_GEMV_TUNE;
-    let fits = |x: u32| kp <= x as usize;
-    if residual
-        && !caps.is_cpu
+    if !caps.is_cpu
         && (t.0 * t.1) <= caps.max_invocations
         && n / 4 / t.0 as usize >= 64
-        && gemv_tune(caps, Some(t)).is_ok_and(|(_, _, x)| fits(x))
+        && gemv_tune(caps, Some(t)).is_ok_and(|(_, _, x)| kp <= x as usize)
     {
         return (Some(t), 1);
     }
@@ -220,28 +213,34 @@ pub fn decode_gemv_choice(
 }
 
 /// One (shape, split-K factor) for a residual GEMV of every layer, from each layer's GPTQ (prepared rows, columns)
-/// (`None`: an f16 matrix, which takes no GEMV): the layers' common [`decode_gemv_choice`], or `tune` with its
-/// split count where a measurement override names a shape; where layers differ (a checkpoint mixing shapes or
-/// formats), the default shape with the most splits any layer wants. The planner and the memory estimate both
+/// (`None`: an f16 matrix, which takes no GEMV): the layers' common [`residual_gemv_shape`], or `tune` (a
+/// measurement override) with its split count; where layers differ (a checkpoint mixing shapes or formats),
+/// `tune` or the default shape with the most splits any layer wants. The planner and the memory estimate both
 /// take it.
 pub fn residual_gemv_choice(
     caps: &Caps,
     shapes: &[Option<(usize, usize)>],
     tune: Option<(u32, u32)>,
 ) -> (Option<(u32, u32)>, u32) {
-    let choice = |s: &Option<(usize, usize)>, residual: bool| match *s {
-        Some((kp, n)) if tune.is_some() => (tune, gemv_splits_tuned(caps, kp, n, tune)),
-        Some((kp, n)) => decode_gemv_choice(caps, kp, n, residual),
-        None => (None, 1),
-    };
-    let choices: Vec<_> = shapes.iter().map(|s| choice(s, true)).collect();
+    let choices: Vec<_> = shapes
+        .iter()
+        .map(|s| match (*s, tune) {
+            (Some((kp, n)), None) => residual_gemv_shape(caps, kp, n),
+            (Some((kp, n)), t) => (t, gemv_splits_tuned(caps, kp, n, t)),
+            (None, _) => (None, 1),
+        })
+        .collect();
     match choices.first() {
         Some(&first) if choices.iter().all(|&c| c == first) => first,
-        // (without the residual rule: the default shape and its split count)
-        _ => (
-            None,
-            shapes.iter().map(|s| choice(s, false).1).max().unwrap_or(1),
-        ),
+        _ => {
+            let most = shapes.iter().flatten();
+            (
+                tune,
+                most.map(|&(kp, n)| gemv_splits_tuned(caps, kp, n, tune))
+                    .max()
+                    .unwrap_or(1),
+            )
+        }
     }
 }
 
