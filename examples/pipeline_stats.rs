@@ -19,7 +19,7 @@ use wgptq::gpu::{Kernel, KernelKey};
 fn keys() -> Vec<KernelKey> {
     let sg = Some(32);
     let mut v = Vec::new();
-    for (pro, epi) in [(1, false), (0, false), (0, true), (2, false), (2, true)] {
+    for (pro, epi) in [(1, 0), (0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2)] {
         for (unroll, idot) in [(1, false), (4, false), (1, true), (4, true)] {
             v.push(gptq_key(
                 &GptqVariant {
@@ -68,7 +68,7 @@ fn keys() -> Vec<KernelKey> {
                 gemv: None,
                 pro: 0,
                 unroll: 0,
-                epi: false,
+                epi: 0,
                 idot: false,
                 coop_tm: 128,
                 coop_wg,

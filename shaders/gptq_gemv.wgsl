@@ -29,7 +29,8 @@
 //
 // Defines: BITS (4 | 8), COLS4 (column quads per workgroup), KSPLIT (row runs per workgroup), WG = COLS4 * KSPLIT,
 // XCHUNK (rows staged per pass), PERM (gather through perm), ZERO_BUF (per-group zeros; else p.zero_const),
-// ADD (y += result; only with splits = 1), EPI (1: the residual epilogue below, y holding the split slabs),
+// ADD (y += result; only with splits = 1), EPI (1: the residual epilogue below, y holding the split slabs; 2: every
+// split adds into the residual with f32 atomics, FATOM = 1),
 // PRO (0 none, 1 RMSNorm, 2 SwiGLU), IDOT (the integer path above),
 // UNROLL (words per load batch), ABLATE (measurement only, docs/PERF.md: 1 stages no activations, 2 loads no
 // weights; the results are then meaningless).
@@ -79,11 +80,16 @@ const MASK: u32 = (1u << {{BITS}}u) - 1u;
 //#endif
 // norm_w: [K] f32 RMSNorm weight in the original order; unused unless PRO = 1
 @group(0) @binding(8) var<storage, read> norm_w: array<f32>;
-// ss: [capacity, ss_blocks] f32, partial sums of x^2 of each row: read by PRO = 1 (any number of blocks),
-// written by EPI = 1 (one per 32 columns of res)
+// ss: [capacity, ss_blocks] f32, partial sums of x^2 of each row: read by PRO = 1 (any number of blocks; with
+// none, PRO = 1 sums the squares of its x row itself), written by EPI = 1 (one per 32 columns of res)
 @group(0) @binding(9) var<storage, read_write> ss: array<f32>;
+//#if FATOM
+// res: [capacity, N] f32, the residual stream; EPI = 2 adds every split's partial sums into it with f32 atomics
+@group(0) @binding(10) var<storage, read_write> res: array<atomic<f32>>;
+//#else
 // res: [capacity, N] f32, the residual stream EPI = 1 adds the result to; unused otherwise
 @group(0) @binding(10) var<storage, read_write> res: array<f32>;
+//#endif
 // cnt: [capacity, column blocks] u32, split-K arrivals per column block (EPI = 1, splits > 1); zero between
 // dispatches: the last arrival resets its counter
 @group(0) @binding(11) var<storage, read_write> cnt: array<atomic<u32>>;
@@ -385,6 +391,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (wb + u < we) { qs[u] = load_w((wb + u) * n4 + c4s); }
     }
 
+    // PRO = 1 without block sums (nothing wrote them: the residual came through f32 atomics): this thread's
+    // share of the row's sum of squares, 4 rows per load round.
+    var own_ss = 0.0;
+    if ({{PRO}}u == 1u && p.ss_blocks == 0u) {
+        for (var i = 4u * lid; i < p.k; i += 4u * {{WG}}u) {
+            let b = t * p.x_stride + i;
+            let v = vec4<f32>(x[b], x[b + min(1u, p.k - 1u - i)], x[b + min(2u, p.k - 1u - i)],
+                x[b + min(3u, p.k - 1u - i)]) * vec4<f32>(vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k - i));
+            own_ss += dot(v, v);
+        }
+    }
+
     var acc = vec4<f32>(0.0);
     for (var c0 = r0; c0 < r1; c0 += {{XCHUNK}}u) {
         stage_chunk(t, c0, r1, lid);
@@ -457,7 +475,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if ({{PRO}}u == 1u) {
         var ssum = 0.0;
         for (var b = lid; b < p.ss_blocks; b += {{WG}}u) { ssum += ss[t * p.ss_blocks + b]; }
-        acc *= inverseSqrt(wg_sum(ssum, lid) / f32(p.k) + p.eps);
+        acc *= inverseSqrt(wg_sum(ssum + own_ss, lid) / f32(p.k) + p.eps);
     }
     partial[lid] = acc;
     workgroupBarrier();
@@ -467,6 +485,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     var r = vec4<f32>(0.0);
     if (ks == 0u) { r = partial[lid]; }
+//#if FATOM
+    if (ks == 0u && live) {
+        let o = t * p.n + 4u * c4;
+        atomicAdd(&res[o], r.x);
+        atomicAdd(&res[o + 1u], r.y);
+        atomicAdd(&res[o + 2u], r.z);
+        atomicAdd(&res[o + 3u], r.w);
+    }
+//#else
 //#if EPI
     residual_epilogue(r, lid, ks, live, c4, split, t, wid.x, nwg.x);
 //#else
@@ -479,9 +506,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 //#endif
     }
 //#endif
+//#endif
 }
 
 //#if EPI
+//#if FATOM
+//#else
 // EPI = 1: res[t, cols] += the result, and ss[t, b] = sum of res^2 over each 32 columns b of this block, for the
 // next fused RMSNorm. With split-K every split writes its slab of y, and the last to arrive (counted in cnt,
 // ordered by device-scope barriers) adds the slabs up in split order, so the sum is deterministic. This folds
@@ -538,4 +568,5 @@ fn residual_epilogue(r0: vec4<f32>, lid: u32, ks: u32, live: bool, c4: u32, spli
         if (b < p.ss_blocks) { ss[t * p.ss_blocks + b] = s; }
     }
 }
+//#endif
 //#endif

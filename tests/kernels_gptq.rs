@@ -66,6 +66,8 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
             splits,
             x_splits,
             residual: false,
+            atomic: false,
+            own_ss: false,
             gathered: false,
             idot: false,
             coop: None,
@@ -75,6 +77,20 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         // The integer GEMV path on the same case.
         if !gemm {
             run_case(&case, Run { idot: true, ..run }, &mut rng);
+        }
+        // The RMSNorm prologue summing its row's squares itself (decode with the atomic residual), both paths.
+        if pro == 1 {
+            for idot in [false, true] {
+                run_case(
+                    &case,
+                    Run {
+                        own_ss: true,
+                        idot,
+                        ..run
+                    },
+                    &mut rng,
+                );
+            }
         }
         // The matrix units on the same case, every tile (adapters that have them; lavapipe has not), split over
         // K into 1..3 slabs where there is no add (q|k|v's prefill) and the matrix fits them.
@@ -122,9 +138,13 @@ fn sweep(gemm: bool, tokens: &[usize], seed: u64) {
         }
         // The residual epilogue where decode uses it: after a GEMV with no prologue (o) or SwiGLU (down).
         if !gemm && !run.add && pro != 1 {
-            for idot in [false, true] {
+            for (idot, atomic) in [(false, false), (true, false), (false, true), (true, true)] {
+                if atomic && !common::gpu().caps.float_atomics {
+                    continue;
+                }
                 let run = Run {
                     residual: true,
+                    atomic,
                     idot,
                     ..run
                 };
@@ -183,6 +203,8 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
             splits,
             x_splits: 1 + pro / 2,
             residual: true,
+            atomic: false,
+            own_ss: false,
             gathered: false,
             idot: false,
             coop: None,
@@ -190,6 +212,14 @@ fn gptq_gemv_residual_epilogue_over_many_splits_and_blocks() {
         };
         run_case(&case, run, &mut rng);
         run_case(&case, Run { idot: true, ..run }, &mut rng);
+        if common::gpu().caps.float_atomics {
+            let run = Run {
+                atomic: true,
+                ..run
+            };
+            run_case(&case, run, &mut rng);
+            run_case(&case, Run { idot: true, ..run }, &mut rng);
+        }
     }
 }
 
@@ -296,6 +326,8 @@ fn gptq_gemm_whole_tiles_in_a_larger_plan() {
                 splits: 1,
                 x_splits: 1,
                 residual: false,
+                atomic: false,
+                own_ss: false,
                 gathered: case.g_idx.is_some(),
                 idot: false,
                 coop,

@@ -4,74 +4,10 @@
 
 mod common;
 
-use serde_json::Value;
 use wgptq::sampling::argmax;
-use wgptq::{GenerateOptions, LoadOptions, Model, SamplingParams};
+use wgptq::{GenerateOptions, SamplingParams};
 
-const TOL: f32 = 3e-2;
-/// A golden step whose top-1/top-2 margin is under this may legitimately flip under float reordering; ids are
-/// only compared up to the first such step (none of the current goldens has one, but the rule is stated).
-const MIN_MARGIN: f64 = 1e-3;
-
-fn golden(model: &str) -> Value {
-    let p = common::shared_dir()
-        .join("models")
-        .join(model)
-        .join("golden.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).expect("golden.json")).expect("golden json")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn load(model: &str, chunk: usize, ctx: usize) -> Model {
-    let dir = common::shared_dir().join("models").join(model);
-    let opts = LoadOptions {
-        prefill_chunk: chunk,
-        max_context: Some(ctx),
-        ..Default::default()
-    };
-    Model::load(&dir, &opts).expect("model loads")
-}
-
-/// Each golden (id, logit) of a top-5 list must match our logit for that id within TOL, and our argmax must be
-/// the golden top-1.
-fn check_top5(what: &str, logits: &[f32], top5: &Value) {
-    let list = top5.as_array().expect("top5");
-    for pair in list {
-        let id = pair[0].as_u64().expect("id") as usize;
-        let want = pair[1].as_f64().expect("logit") as f32;
-        let got = logits[id];
-        assert!(
-            (got - want).abs() <= TOL,
-            "{what}: logit of token {id} is {got}, golden {want}"
-        );
-    }
-    let top = list[0][0].as_u64().expect("id") as u32;
-    assert_eq!(
-        argmax(logits),
-        top,
-        "{what}: argmax differs from the golden top-1"
-    );
-}
-
-/// Number of leading steps whose ids must match exactly (up to the first near-tie).
-fn robust_steps(margins: &Value, n: usize) -> usize {
-    margins
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .position(|x| x.as_f64().unwrap_or(1.0) < MIN_MARGIN)
-                .unwrap_or(n)
-        })
-        .unwrap_or(n)
-        .min(n)
-}
+use common::goldens::{check_top5, golden, ids, load, robust_steps, MIN_MARGIN};
 
 #[test]
 fn tiny_mistral_sliding_window_prefill_logits_every_position() {

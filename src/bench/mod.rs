@@ -351,6 +351,7 @@ pub fn run_with_progress(
             subgroup_size: gpu.caps.subgroup_size,
             timestamps: gpu.caps.timestamps,
             matrix_units: gpu.caps.coop_matrix,
+            float_atomics: gpu.caps.float_atomics,
             max_binding_size: gpu.caps.max_binding_size,
         },
         model: model_report,

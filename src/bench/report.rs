@@ -42,6 +42,9 @@ pub struct AdapterReport {
     pub timestamps: bool,
     /// The prefill GEMM runs on the matrix units (cooperative matrices).
     pub matrix_units: bool,
+    /// The decode residual is added with f32 atomics (run-to-run bit differences possible); `false`: in a
+    /// fixed order.
+    pub float_atomics: bool,
     pub max_binding_size: u64,
 }
 
@@ -249,7 +252,8 @@ impl BenchReport {
         let _ = writeln!(s, "wgptq bench (wgpu {})", self.wgpu_version);
         let _ = writeln!(
             s,
-            "adapter   {} ({}, {}, driver {} {}, subgroup {}, timestamps {}, prefill on matrix units {})",
+            "adapter   {} ({}, {}, driver {} {}, subgroup {}, timestamps {}, prefill on matrix units {}, \
+             residual by f32 atomics {})",
             a.name,
             a.backend,
             a.device_type,
@@ -257,7 +261,8 @@ impl BenchReport {
             a.driver_info,
             a.subgroup_size.map_or("off".to_string(), |x| x.to_string()),
             if a.timestamps { "yes" } else { "no" },
-            if a.matrix_units { "yes" } else { "no" }
+            if a.matrix_units { "yes" } else { "no" },
+            if a.float_atomics { "yes" } else { "no" }
         );
         let quant = match &m.quant {
             Some(q) => format!(

@@ -24,6 +24,10 @@ pub struct DeviceArgs {
     /// Keep the prefill on the portable f32 GEMM even where the adapter has matrix units (cooperative matrices).
     #[arg(long)]
     pub no_matrix_units: bool,
+    /// Bit-identical results from run to run (decode adds the residual in a fixed order instead of with f32
+    /// atomics; a little slower).
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 impl DeviceArgs {
@@ -33,6 +37,7 @@ impl DeviceArgs {
                 adapter: self.device.clone(),
                 backend: self.backend.clone(),
                 no_matrix_units: self.no_matrix_units,
+                deterministic: self.deterministic,
                 ..DeviceOptions::default()
             },
             max_context: self.max_context,

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Keep the prefill on the portable f32 GEMM even where the adapter has matrix units.
     #[arg(long)]
     pub no_matrix_units: bool,
+    /// Bit-identical results from run to run (decode adds the residual in a fixed order instead of with f32
+    /// atomics).
+    #[arg(long)]
+    pub deterministic: bool,
     /// Seed of the synthetic weights and of the random prompt token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -169,6 +173,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             no_subgroups: args.no_subgroups,
             backend: args.backend.clone(),
             no_matrix_units: args.no_matrix_units,
+            deterministic: args.deterministic,
         },
         seed: args.seed,
         grid_barrier: args.grid_barrier,

@@ -258,6 +258,14 @@ fn print_adapters(args: &InfoArgs, choice: &AdapterChoice) {
                 "portable f32 GEMM (no 16x16x16 f16/f32 cooperative matrices with 32-wide subgroups here)"
             }
         );
+        println!(
+            "decode residual: {}",
+            if c.float_atomics {
+                "f32 atomics (fastest; --deterministic adds in a fixed order)"
+            } else {
+                "fixed order (no f32 atomics here, or --deterministic)"
+            }
+        );
     }
 }
 

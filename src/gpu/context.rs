@@ -19,6 +19,10 @@ pub struct DeviceOptions {
     /// Keep the prefill on the portable f32 GEMM even where the adapter has matrix units (also
     /// `WGPTQ_COOP=0`).
     pub no_matrix_units: bool,
+    /// Bit-identical results from run to run: the decode residual is added in a fixed order by the last split
+    /// of each column block, even where the adapter has f32 atomics (which are faster, and add in arrival order;
+    /// also `WGPTQ_FLOAT_ATOMICS=0`).
+    pub deterministic: bool,
 }
 
 /// Backend names `DeviceOptions::backend` accepts.
@@ -63,6 +67,10 @@ pub struct Caps {
     /// `subgroupBarrier()` (wgpu's SUBGROUP_BARRIER), requested with the matrix units: the scaled matrix-unit GEMM
     /// rescales its accumulators under subgroup barriers ([`crate::gpu::linear::coop_scaled`]).
     pub subgroup_barrier: bool,
+    /// f32 atomic add on storage buffers (wgpu's SHADER_FLOAT32_ATOMIC), unless the options ask for
+    /// deterministic results: the decode residual GEMVs add their split-K partial sums straight into the residual
+    /// stream ([`crate::gpu::linear::Epilogue::ResidualAtomic`]).
+    pub float_atomics: bool,
 }
 
 /// Workgroup memory the cooperative-matrix GEMM needs at most (its largest tile).
@@ -92,7 +100,8 @@ pub const USED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
     .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-    .union(wgpu::Features::SHADER_F16);
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SHADER_FLOAT32_ATOMIC);
 
 /// The adapter `opts` selects among `adapters` (enumerated by `instance`, in [`choose_adapter`]'s `adapters` order): the one at
 /// that index, else the first whose name contains the text (case-insensitive), else with no selection wgpu's
@@ -222,6 +231,12 @@ impl Caps {
         if subgroup_barrier {
             required |= wgpu::Features::SUBGROUP_BARRIER;
         }
+        let float_atomics = features.contains(wgpu::Features::SHADER_FLOAT32_ATOMIC)
+            && !opts.deterministic
+            && std::env::var("WGPTQ_FLOAT_ATOMICS").map_or(true, |v| v != "0");
+        if float_atomics {
+            required |= wgpu::Features::SHADER_FLOAT32_ATOMIC;
+        }
         let caps = Caps {
             subgroup_size,
             timestamps,
@@ -232,6 +247,7 @@ impl Caps {
             is_cpu: info.device_type == wgpu::DeviceType::Cpu,
             coop_matrix,
             subgroup_barrier,
+            float_atomics,
         };
         (caps, required)
     }

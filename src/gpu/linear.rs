@@ -227,7 +227,8 @@ impl LinearMode {
 pub enum Prologue<'a> {
     None,
     /// a = x * weight ([K] f32) / rms(x): the row's sum of squares comes in `ss_blocks` partial sums per row
-    /// (`ss`, [capacity, ss_blocks] f32, written with x by reduce_add or a GEMV's residual epilogue).
+    /// (`ss`, [capacity, ss_blocks] f32, written with x by reduce_add or a GEMV's residual epilogue); with
+    /// `ss_blocks: 0` every workgroup sums its row's squares itself.
     RmsNorm {
         weight: &'a wgpu::Buffer,
         ss: &'a wgpu::Buffer,
@@ -262,6 +263,22 @@ pub enum Epilogue<'a> {
         ss: &'a wgpu::Buffer,
         counters: &'a wgpu::Buffer,
     },
+    /// The decode residual through f32 atomics ([`super::context::Caps::float_atomics`]): every split adds its
+    /// partial sums into `x` ([capacity, N] f32) itself, so there is no last-split tail; nothing writes block
+    /// sums of squares, so the next fused RMSNorm is planned with `ss_blocks: 0` and sums its row itself. The
+    /// order of the additions varies from run to run (the last bits of x may differ between runs).
+    ResidualAtomic { x: &'a wgpu::Buffer },
+}
+
+impl Epilogue<'_> {
+    /// The kernel's EPI code.
+    fn code(&self) -> u32 {
+        match self {
+            Epilogue::Store => 0,
+            Epilogue::Residual { .. } => 1,
+            Epilogue::ResidualAtomic { .. } => 2,
+        }
+    }
 }
 
 /// The matrix-unit GEMM's (token tile, workgroup size) for this matrix in this mode, or `None` where the portable
@@ -316,7 +333,14 @@ pub fn linear_dispatches_epi(
     pro: Prologue<'_>,
     epi: Epilogue<'_>,
 ) -> Result<Vec<Dispatch>> {
-    let residual = matches!(epi, Epilogue::Residual { .. });
+    let residual = !matches!(epi, Epilogue::Store);
+    if matches!(epi, Epilogue::ResidualAtomic { .. }) && !pipes.gpu.caps.float_atomics {
+        return Err(Error::Gpu {
+            op: "gptq gemv".into(),
+            reason: "the atomic residual epilogue needs f32 atomics, which this device was not opened with"
+                .into(),
+        });
+    }
     if residual
         && (mode.gemm || mode.add || matches!(pro, Prologue::RmsNorm { .. }) || mode.y_col0 != 0)
     {
@@ -429,7 +453,7 @@ pub fn linear_dispatches_epi(
                     Some(_) => gemv_unroll(),
                     None => GEMV_UNROLL,
                 },
-                epi: residual,
+                epi: epi.code(),
                 idot,
                 coop_tm,
                 coop_wg,
@@ -456,6 +480,7 @@ pub fn linear_dispatches_epi(
             };
             let (res, ss, counters) = match epi {
                 Epilogue::Residual { x, ss, counters } => (x, ss, counters),
+                Epilogue::ResidualAtomic { x } => (x, ss, rw),
                 Epilogue::Store => (rw, ss, rw),
             };
             let buffers: &[&wgpu::Buffer] = if gemv.is_some() {

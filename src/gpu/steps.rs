@@ -4,7 +4,9 @@
 //! (the row's sum of squares comes in 32-column block sums `ss`, written by whoever last changed x) and SwiGLU;
 //! their partial slabs are summed by the consumer (RoPE for q|k|v, the down GEMV's prologue for gate|up), and
 //! for down by the GEMV's own residual epilogue (the last split of each column block adds them into x and
-//! writes `ss`), so every dispatch is one the GPU has to wait for anyway. o runs without split-K where its rows
+//! writes `ss`), so every dispatch is one the GPU has to wait for anyway. Where the device has f32 atomics
+//! (and determinism was not asked for) every split of down adds into x itself instead, with no last-split tail,
+//! and the next q|k|v sums its row's squares itself (`Epilogue::ResidualAtomic`, docs/PERF.md runs 75-77). o runs without split-K where its rows
 //! fit one staging chunk (`linear::residual_gemv_shape`: that tail cost it more than the split gave) and adds into
 //! x directly.
 //! Per layer (6 dispatches, 7 with split attention): qkv, rope+kv, attention (+ combine), o+residual, gate|up,
@@ -120,6 +122,7 @@ fn decode_normed(
     out_stride: u32,
     splits: u32,
     tune: Option<(u32, u32)>,
+    ss_valid: bool,
     op: &'static str,
 ) -> Result<()> {
     let fuse = parts.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_)));
@@ -139,7 +142,12 @@ fn decode_normed(
                 Prologue::RmsNorm {
                     weight: norm,
                     ss: &b.ss,
-                    ss_blocks: kernels::ss_blocks(hidden),
+                    // After an atomic residual nothing wrote the block sums: the GEMV sums its row itself.
+                    ss_blocks: if ss_valid {
+                        kernels::ss_blocks(hidden)
+                    } else {
+                        0
+                    },
                     eps,
                 },
             )
@@ -172,6 +180,8 @@ pub fn decode(
     let attn = attn_shape(w, shape);
     let mut d = kernels::embed(pipes, step, &b.tokens, &w.embed, &b.x, h, 1)?;
     d.push(kernels::reduce_add(pipes, step, &b.res_part, &b.x, &b.ss, h, 0, 1)?.named("norm_sums"));
+    // Whether `ss` holds the block sums of squares of the current x (see `residual_linear`).
+    let mut ss_valid = true;
     for (i, l) in w.layers.iter().enumerate() {
         let (kc, vc) = &b.kv[i];
         let s_qkv = if l.qkv.iter().all(|(l, _)| matches!(l, GpuLinear::Gptq(_))) {
@@ -191,6 +201,7 @@ pub fn decode(
             qkv_n,
             s_qkv,
             splits.tunes.qkv,
+            ss_valid,
             "qkv",
         )?;
         d.push(kernels::rope_kv(
@@ -226,7 +237,7 @@ pub fn decode(
         let mut m = LinearMode::new(1, false, h);
         m.splits = s_o;
         m.tune = splits.tunes.o;
-        residual_linear(&mut d, pipes, b, &l.o, &b.attn, m, Prologue::None, "o_proj")?;
+        ss_valid = residual_linear(&mut d, pipes, b, &l.o, &b.attn, m, Prologue::None, "o_proj")?;
         // The SwiGLU prologue of a GPTQ down adds up split-K gate|up slabs; any f16 matmul here means no split.
         let down_gptq = matches!(l.down, GpuLinear::Gptq(_));
         let s_gu = if down_gptq
@@ -250,6 +261,7 @@ pub fn decode(
             2 * inter,
             s_gu,
             splits.tunes.gate_up,
+            ss_valid,
             "gate_up",
         )?;
         // down: the SwiGLU prologue adds up the gate|up slabs; its own slabs go through reduce_add.
@@ -266,15 +278,17 @@ pub fn decode(
         m.splits = s_down;
         m.x_splits = x_splits;
         m.tune = splits.tunes.down;
-        residual_linear(&mut d, pipes, b, &l.down, down_x, m, pro, "down")?;
+        ss_valid = residual_linear(&mut d, pipes, b, &l.down, down_x, m, pro, "down")?;
     }
     head(&mut d, pipes, w, b, 1, true)?;
     Ok(d)
 }
 
-/// `x += input Wᵀ` in decode, leaving the block sums of squares in `ss` for the next fused RMSNorm: a GPTQ
-/// matmul does it in its epilogue (the last split-K workgroup of each column block adds the slabs up), an f16
-/// one writes slabs that `reduce_add` adds.
+/// `x += input Wᵀ` in decode. Returns whether it left the block sums of squares of the new x in `ss` for the
+/// next fused RMSNorm: a GPTQ matmul does in its epilogue (the last split-K workgroup of each column block adds
+/// the slabs up, or the only one without split-K), an f16 one writes slabs that `reduce_add` adds. A GPTQ matmul
+/// with split-K on a device with f32 atomics adds every split into x itself instead (no last-split tail: down
+/// 1,138 → 948 µs per token on the H100, docs/PERF.md runs 75-76) and leaves `ss` stale.
 #[allow(clippy::too_many_arguments)]
 fn residual_linear(
     d: &mut Vec<Dispatch>,
@@ -285,15 +299,20 @@ fn residual_linear(
     m: LinearMode,
     pro: Prologue,
     op: &'static str,
-) -> Result<()> {
+) -> Result<bool> {
     let h = m.y_stride;
     // WGPTQ_FUSE_RESIDUAL=0 plans reduce_add instead (benchmarking the difference).
     let fuse = std::env::var("WGPTQ_FUSE_RESIDUAL").map_or(true, |v| v != "0");
     if fuse && matches!(lin, GpuLinear::Gptq(_)) {
-        let epi = Epilogue::Residual {
-            x: &b.x,
-            ss: &b.ss,
-            counters: &b.counters,
+        let atomic = pipes.gpu.caps.float_atomics && m.splits > 1;
+        let epi = if atomic {
+            Epilogue::ResidualAtomic { x: &b.x }
+        } else {
+            Epilogue::Residual {
+                x: &b.x,
+                ss: &b.ss,
+                counters: &b.counters,
+            }
         };
         d.extend(named(
             linear::linear_dispatches_epi(
@@ -309,6 +328,7 @@ fn residual_linear(
             )?,
             op,
         ));
+        Ok(!atomic)
     } else {
         d.extend(named(
             linear::linear_dispatches(pipes, &b.step, lin, input, &b.res_part, &b.dummy, m, pro)?,
@@ -318,8 +338,8 @@ fn residual_linear(
             kernels::reduce_add(pipes, &b.step, &b.res_part, &b.x, &b.ss, h, m.splits, 1)?
                 .named("residual"),
         );
+        Ok(true)
     }
-    Ok(())
 }
 
 /// Final norm, lm_head (the step's last row, or every row) and, for the last row, the GPU argmax.

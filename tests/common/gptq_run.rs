@@ -25,6 +25,12 @@ pub struct Run {
     /// each column block, which also writes the 32-column sums of squares; run twice, so the arrival counters
     /// must come back to zero.
     pub residual: bool,
+    /// With `residual`: every split adds into the residual with f32 atomics (`Epilogue::ResidualAtomic`, where
+    /// the adapter has them); no sums of squares are written.
+    pub atomic: bool,
+    /// RMSNorm prologue (pro = 1) without block sums (`ss_blocks: 0`): the GEMV sums its row's squares itself;
+    /// the block-sum buffer holds NaN, so reading it shows.
+    pub own_ss: bool,
     /// GEMM: the input gathered into the prepared order by `kernels::gather` first (`pre_permuted`).
     pub gathered: bool,
     /// GEMV: the integer path (activations quantized per 32-row block) where the matrix fits it.
@@ -47,6 +53,8 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         splits,
         x_splits,
         residual,
+        atomic,
+        own_ss,
         gathered,
         idot,
         coop,
@@ -119,6 +127,9 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
     let nwb = gpu
         .storage_init("norm_w", bytemuck::cast_slice(&norm_w))
         .unwrap();
+    if own_ss {
+        ss_blocks.fill(f32::NAN);
+    }
     let rsb = gpu
         .storage_init("ss", bytemuck::cast_slice(&ss_blocks))
         .unwrap();
@@ -126,7 +137,7 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         1 => Prologue::RmsNorm {
             weight: &nwb,
             ss: &rsb,
-            ss_blocks: 3,
+            ss_blocks: if own_ss { 0 } else { 3 },
             eps: eps as f32,
         },
         2 => Prologue::SwiGlu,
@@ -197,10 +208,14 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
         .unwrap();
     let counters = gpu.storage("counters", (t * case.n) as u64).unwrap();
     let got: Vec<f32> = if residual {
-        let epi = Epilogue::Residual {
-            x: &resb,
-            ss: &ss_out,
-            counters: &counters,
+        let epi = if atomic {
+            Epilogue::ResidualAtomic { x: &resb }
+        } else {
+            Epilogue::Residual {
+                x: &resb,
+                ss: &ss_out,
+                counters: &counters,
+            }
         };
         let d = linear::linear_dispatches_epi(
             &pipes, &stepb, &lin, xb, &yb, &dummy, mode, prologue, epi,
@@ -231,7 +246,7 @@ pub fn run_case(case: &Case, run: Run, rng: &mut StdRng) {
             .map(|i| (0..out_slabs).map(|s| slabs_out[s * t * case.n + i]).sum())
             .collect()
     };
-    if residual {
+    if residual && !atomic {
         // Every 32-column block's sum of squares of the new residual (NaN poison: each one written).
         let ss: Vec<f32> =
             bytemuck::pod_collect_to_vec(&gpu.read(&ss_out, 0, (t * blocks * 4) as u64).unwrap());

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod files;
+pub mod goldens;
 pub mod gptq;
 pub mod gptq_run;
 mod gpu;

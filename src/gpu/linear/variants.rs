@@ -307,8 +307,9 @@ pub struct GptqVariant {
     pub pro: u32,
     /// Words per load batch (GEMV only).
     pub unroll: u32,
-    /// GEMV only: the residual epilogue ([`Epilogue::Residual`]).
-    pub epi: bool,
+    /// GEMV only: the residual epilogue: 0 none, 1 ordered ([`Epilogue::Residual`]), 2 through f32 atomics
+    /// ([`Epilogue::ResidualAtomic`]).
+    pub epi: u32,
     /// GEMV only: the integer path (activations quantized per 32-row block, 4-lane integer dot products); see
     /// [`idot_fits`].
     pub idot: bool,
@@ -370,7 +371,8 @@ pub fn gptq_key(v: &GptqVariant, sg: Option<u32>) -> KernelKey {
                 ("XCHUNK", x),
                 ("PRO", v.pro),
                 ("UNROLL", v.unroll),
-                ("EPI", v.epi as u32),
+                ("EPI", v.epi),
+                ("FATOM", (v.epi == 2) as u32),
                 ("IDOT", v.idot as u32),
                 ("ABLATE", gemv_ablate()),
             ]);
@@ -424,10 +426,10 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
                     for &pro in pros {
                         for &unroll in unrolls {
                             // The residual epilogue follows the o (no prologue) and down (SwiGLU) GEMVs.
-                            let epis: &[bool] = if gemv.is_some() && !add && pro != 1 {
-                                &[false, true]
+                            let epis: &[u32] = if gemv.is_some() && !add && pro != 1 {
+                                &[0, 1, 2]
                             } else {
-                                &[false]
+                                &[0]
                             };
                             let idots: &[bool] = if gemv.is_some() {
                                 &[false, true]
