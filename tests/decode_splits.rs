@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::goldens::{check_top5, golden, ids, load_with, robust_steps};
-use wgptq::sampling::argmax;
+use common::goldens::{check_host_greedy, golden, ids, load_with, robust_steps};
 use wgptq::DeviceOptions;
 
 #[test]
@@ -46,21 +45,10 @@ fn split_k_decode_matches_goldens_with_atomic_and_ordered_residuals() {
                     .contains(wgpu::Features::SHADER_FLOAT32_ATOMIC)
         );
         let how = if caps.float_atomics {
-            "atomic residual"
+            "atomic residual: "
         } else {
-            "ordered residual"
+            "ordered residual: "
         };
-        let mut s = model.session(false).unwrap();
-        let mut logits = s.prefill(&prompt).unwrap();
-        for step in 0..n {
-            check_top5(
-                &format!("{how}: greedy step {step}"),
-                &logits,
-                &g["greedy_top5_per_step"][step],
-            );
-            let next = argmax(&logits);
-            assert_eq!(next, want[step], "{how}: greedy step {step}");
-            logits = s.decode(next).unwrap();
-        }
+        check_host_greedy(&model, &g, &prompt, &want, n, how);
     }
 }

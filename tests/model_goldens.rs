@@ -7,7 +7,7 @@ mod common;
 use wgptq::sampling::argmax;
 use wgptq::{GenerateOptions, SamplingParams};
 
-use common::goldens::{check_top5, golden, ids, load, robust_steps, MIN_MARGIN};
+use common::goldens::{check_host_greedy, check_top5, golden, ids, load, robust_steps, MIN_MARGIN};
 
 #[test]
 fn tiny_mistral_sliding_window_prefill_logits_every_position() {
@@ -45,18 +45,7 @@ fn tiny_mistral_greedy_decode_through_kv_cache() {
     assert_eq!(&encoded[..prompt.len()], &prompt[..]);
     let n = robust_steps(&g["top1_top2_margin"], want.len());
     // Host path: logits read back each step, one token per decode step through the cache.
-    let mut s = model.session(false).unwrap();
-    let mut logits = s.prefill(&prompt).unwrap();
-    for step in 0..n {
-        check_top5(
-            &format!("greedy step {step}"),
-            &logits,
-            &g["greedy_top5_per_step"][step],
-        );
-        let next = argmax(&logits);
-        assert_eq!(next, want[step], "greedy step {step}");
-        logits = s.decode(next).unwrap();
-    }
+    check_host_greedy(&model, &g, &prompt, &want, n, "");
     // GPU path: argmax on the GPU, next step reads the id there.
     let mut s = model.session(false).unwrap();
     let opts = GenerateOptions {

@@ -6,9 +6,9 @@
 //! for down by the GEMV's own residual epilogue (the last split of each column block adds them into x and
 //! writes `ss`), so every dispatch is one the GPU has to wait for anyway. Where the device has f32 atomics
 //! (and determinism was not asked for) every split of down adds into x itself instead, with no last-split tail,
-//! and the next q|k|v sums its row's squares itself (`Epilogue::ResidualAtomic`, docs/PERF.md runs 75-77). o runs without split-K where its rows
-//! fit one staging chunk (`linear::residual_gemv_shape`: that tail cost it more than the split gave) and adds into
-//! x directly.
+//! and the next q|k|v sums its row's squares itself (`Epilogue::ResidualAtomic`, docs/PERF.md runs 75-77). o
+//! runs without split-K where its rows fit one staging chunk (`linear::residual_gemv_shape`: that tail cost it
+//! more than the split gave) and adds into x directly.
 //! Per layer (6 dispatches, 7 with split attention): qkv, rope+kv, attention (+ combine), o+residual, gate|up,
 //! down+residual. f16 linears fall back to `reduce_add` for the residual.
 //! Prefill (a chunk of tokens) is compute-bound: tiled GEMMs with residual epilogues, act-order inputs gathered

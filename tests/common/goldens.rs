@@ -73,3 +73,27 @@ pub fn robust_steps(margins: &Value, n: usize) -> usize {
         .unwrap_or(n)
         .min(n)
 }
+
+/// Greedy decode on the host path (logits read back each step, one token per decode step through the KV cache)
+/// from `prompt`: each of the first `n` steps' top-5 logits against `g`'s and its argmax against `want`.
+pub fn check_host_greedy(
+    model: &Model,
+    g: &Value,
+    prompt: &[u32],
+    want: &[u32],
+    n: usize,
+    what: &str,
+) {
+    let mut s = model.session(false).unwrap();
+    let mut logits = s.prefill(prompt).unwrap();
+    for step in 0..n {
+        check_top5(
+            &format!("{what}greedy step {step}"),
+            &logits,
+            &g["greedy_top5_per_step"][step],
+        );
+        let next = argmax(&logits);
+        assert_eq!(next, want[step], "{what}greedy step {step}");
+        logits = s.decode(next).unwrap();
+    }
+}
