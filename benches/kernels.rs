@@ -42,7 +42,7 @@ fn time_dispatches(gpu: &Gpu, ds: &[Dispatch], iters: u64) -> Duration {
         }
         let cmd = enc.finish();
         let t0 = Instant::now();
-        gpu.queue.submit([cmd]);
+        gpu.submit([cmd]);
         if let Err(e) = gpu.device.poll(wgpu::PollType::wait_indefinitely()) {
             panic!("device lost while benchmarking {}: {e}", ds[0].label);
         }

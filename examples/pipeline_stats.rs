@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use ash::vk;
 use wgptq::gpu::linear::{gptq_key, GptqVariant};
 use wgptq::gpu::ops::make_key;
-use wgptq::gpu::shader::{spirv, Binding};
+use wgptq::gpu::shader::spirv;
 use wgptq::gpu::{Kernel, KernelKey};
 
 fn keys() -> Vec<KernelKey> {
@@ -170,22 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let module = device
                 .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&code), None)?;
-            let bindings: Vec<vk::DescriptorSetLayoutBinding> = key
-                .kernel
-                .bindings()
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    vk::DescriptorSetLayoutBinding::default()
-                        .binding(i as u32)
-                        .descriptor_type(match b {
-                            Binding::Uniform => vk::DescriptorType::UNIFORM_BUFFER,
-                            _ => vk::DescriptorType::STORAGE_BUFFER,
-                        })
-                        .descriptor_count(1)
-                        .stage_flags(vk::ShaderStageFlags::COMPUTE)
-                })
-                .collect();
+            let bindings = wgptq::gpu::replay::set_layout_bindings(key);
             let set = device.create_descriptor_set_layout(
                 &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
                 None,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::plan::{GpuWeights, Plan, PlanShape};
+use crate::gpu::replay::{Replay, ReplayIo};
 use crate::gpu::{DeviceOptions, Gpu, Pipelines, StepParams};
 use crate::model::{ModelConfig, ModelFiles};
 use crate::tokenizer::Tokenizer;
@@ -149,16 +150,31 @@ impl Model {
         // One readback buffer per decode step in flight (see `decode_greedy_stream`).
         let id_staging = (0..DECODE_DEPTH)
             .map(|_| {
-                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                // Mapped at creation (and so initialised, as far as wgpu knows): wgpu zero-fills a buffer's
+                // uninitialised bytes when it maps them, which would wipe an id the Vulkan replay copied there.
+                let b = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("token readback"),
                     size: 16,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
+                    mapped_at_creation: true,
+                });
+                b.unmap();
+                b
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let replay = if self.gpu.caps.replay {
+            let io = ReplayIo {
+                step: &plan.bufs.step,
+                out_ids: &plan.bufs.out_ids,
+                readback: &id_staging,
+            };
+            Some(Replay::new(&self.gpu, &plan.decode_lists(), &io)?)
+        } else {
+            None
+        };
         Ok(Session {
             gpu: self.gpu.clone(),
+            replay,
             plan,
             vocab,
             pos: 0,
@@ -173,6 +189,12 @@ impl Model {
 /// Greedy decode steps kept in flight: the host records step n + 1 while the GPU runs step n.
 const DECODE_DEPTH: usize = 2;
 
+/// A greedy step in flight: submitted through wgpu, or a replayed recording of decode list `.0`.
+enum Pending {
+    Wgpu(wgpu::SubmissionIndex),
+    Replayed(usize),
+}
+
 /// What a step reads back.
 enum Readback {
     /// Logits of `rows` rows.
@@ -184,6 +206,9 @@ enum Readback {
 /// One conversation's state on the GPU.
 pub struct Session {
     gpu: Arc<Gpu>,
+    /// The greedy decode steps recorded once as Vulkan command buffers (where [`crate::gpu::Caps::replay`]);
+    /// declared before `plan`, so it is dropped (waiting for its submissions) before the buffers go.
+    replay: Option<Replay>,
     plan: Plan,
     vocab: usize,
     pos: usize,
@@ -294,12 +319,12 @@ impl Session {
         if let Some(t) = tokens {
             q.write_buffer(&self.plan.bufs.tokens, 0, bytemuck::cast_slice(t));
         }
+        let gpu = &self.gpu;
         let list = if prefill {
             &self.plan.prefill[..]
         } else {
             self.plan.decode_list(self.pos)
         };
-        let gpu = &self.gpu;
         let index = gpu.scoped("step", || {
             let mut enc = gpu
                 .device
@@ -318,7 +343,7 @@ impl Session {
             if let Some((src, dst, size)) = copy {
                 enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
             }
-            gpu.queue.submit([enc.finish()])
+            gpu.submit([enc.finish()])
         })?;
         self.last_encode = t0.elapsed();
         self.encode_total += self.last_encode;
@@ -362,7 +387,7 @@ impl Session {
     ) -> Result<usize> {
         self.check_tokens(&[first])?;
         let depth = self.id_staging.len();
-        let mut inflight: std::collections::VecDeque<(usize, wgpu::SubmissionIndex)> =
+        let mut inflight: std::collections::VecDeque<(usize, Pending)> =
             std::collections::VecDeque::new();
         let (mut submitted, mut produced) = (0usize, 0usize);
         let src = self.plan.bufs.out_ids.clone();
@@ -372,20 +397,45 @@ impl Session {
                 && self.pos < self.plan.shape.max_positions
             {
                 let slot = submitted % depth;
-                let dst = self.id_staging[slot].clone();
-                let tokens = [first];
-                let input = (submitted == 0).then_some(&tokens[..]);
-                let index = self.submit_step(false, input, 1, Some((&src, &dst, 4)))?;
-                inflight.push_back((slot, index));
+                let pending = match &self.replay {
+                    // After the first step (which writes the input id and the position through wgpu), the
+                    // recorded steps: each moves the position on by one on the GPU.
+                    Some(replay) if submitted > 0 => {
+                        let t0 = Instant::now();
+                        let list = self.plan.decode_list_index(self.pos);
+                        replay.submit(list, slot)?;
+                        self.last_encode = t0.elapsed();
+                        self.encode_total += self.last_encode;
+                        self.pos += 1;
+                        Pending::Replayed(list)
+                    }
+                    _ => {
+                        let dst = self.id_staging[slot].clone();
+                        let tokens = [first];
+                        let input = (submitted == 0).then_some(&tokens[..]);
+                        Pending::Wgpu(self.submit_step(false, input, 1, Some((&src, &dst, 4)))?)
+                    }
+                };
+                inflight.push_back((slot, pending));
                 submitted += 1;
             }
-            let Some((slot, index)) = inflight.pop_front() else {
+            let Some((slot, pending)) = inflight.pop_front() else {
                 break;
             };
             // Only this step's submission: the next one keeps the GPU busy while the host reads and records.
+            let after = match pending {
+                Pending::Wgpu(index) => Some(index),
+                Pending::Replayed(list) => {
+                    if let Some(replay) = &self.replay {
+                        replay.wait(list, slot)?;
+                    }
+                    // wgpu did not make the copy: with its fence waited for, map once wgpu's own work is done.
+                    None
+                }
+            };
             let bytes = self
                 .gpu
-                .map_and_read_after(&self.id_staging[slot], 4, Some(index))?;
+                .map_and_read_after(&self.id_staging[slot], 4, after)?;
             let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             if id as usize >= self.vocab {
                 return Err(Error::Gpu {

@@ -86,7 +86,7 @@ fn time_pass(
         enc.finish()
     })?;
     let t0 = Instant::now();
-    gpu.scoped("ceiling submit", || gpu.queue.submit([cmd]))?;
+    gpu.scoped("ceiling submit", || gpu.submit([cmd]))?;
     gpu.device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| Error::Gpu {

@@ -352,6 +352,7 @@ pub fn run_with_progress(
             timestamps: gpu.caps.timestamps,
             matrix_units: gpu.caps.coop_matrix,
             float_atomics: gpu.caps.float_atomics,
+            replay: gpu.caps.replay,
             max_binding_size: gpu.caps.max_binding_size,
         },
         model: model_report,

@@ -129,7 +129,7 @@ fn profile_step(
             }
             enc.resolve_query_set(&qs, 0..count, &resolve, 0);
             enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, size);
-            gpu.queue.submit([enc.finish()]);
+            gpu.submit([enc.finish()]);
         })?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&staging, size)?);
         samples.push(

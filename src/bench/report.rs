@@ -45,6 +45,8 @@ pub struct AdapterReport {
     /// The decode residual is added with f32 atomics (run-to-run bit differences possible); `false`: in a
     /// fixed order.
     pub float_atomics: bool,
+    /// Decode steps replay Vulkan command buffers recorded once; `false`: each is recorded through wgpu.
+    pub replay: bool,
     pub max_binding_size: u64,
 }
 
@@ -253,7 +255,7 @@ impl BenchReport {
         let _ = writeln!(
             s,
             "adapter   {} ({}, {}, driver {} {}, subgroup {}, timestamps {}, prefill on matrix units {}, \
-             residual by f32 atomics {})",
+             residual by f32 atomics {}, decode steps {})",
             a.name,
             a.backend,
             a.device_type,
@@ -262,7 +264,12 @@ impl BenchReport {
             a.subgroup_size.map_or("off".to_string(), |x| x.to_string()),
             if a.timestamps { "yes" } else { "no" },
             if a.matrix_units { "yes" } else { "no" },
-            if a.float_atomics { "yes" } else { "no" }
+            if a.float_atomics { "yes" } else { "no" },
+            if a.replay {
+                "replayed from Vulkan command buffers"
+            } else {
+                "recorded through wgpu"
+            }
         );
         let quant = match &m.quant {
             Some(q) => format!(

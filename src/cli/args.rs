@@ -28,6 +28,10 @@ pub struct DeviceArgs {
     /// atomics; a little slower).
     #[arg(long)]
     pub deterministic: bool,
+    /// Record every decode step through wgpu, even on Vulkan (where by default steps replay command buffers
+    /// recorded once, which costs the host far less per token).
+    #[arg(long)]
+    pub no_replay: bool,
 }
 
 impl DeviceArgs {
@@ -38,6 +42,7 @@ impl DeviceArgs {
                 backend: self.backend.clone(),
                 no_matrix_units: self.no_matrix_units,
                 deterministic: self.deterministic,
+                no_replay: self.no_replay,
                 ..DeviceOptions::default()
             },
             max_context: self.max_context,

@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// atomics).
     #[arg(long)]
     pub deterministic: bool,
+    /// Record every decode step through wgpu, even on Vulkan (where by default steps replay command buffers
+    /// recorded once): measures the host encode time the replay saves.
+    #[arg(long)]
+    pub no_replay: bool,
     /// Seed of the synthetic weights and of the random prompt token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -174,6 +178,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             backend: args.backend.clone(),
             no_matrix_units: args.no_matrix_units,
             deterministic: args.deterministic,
+            no_replay: args.no_replay,
         },
         seed: args.seed,
         grid_barrier: args.grid_barrier,

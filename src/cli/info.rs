@@ -266,6 +266,14 @@ fn print_adapters(args: &InfoArgs, choice: &AdapterChoice) {
                 "fixed order (no f32 atomics here, or --deterministic)"
             }
         );
+        println!(
+            "decode steps: {}",
+            if c.replay {
+                "replayed from Vulkan command buffers recorded once (--no-replay records each through wgpu)"
+            } else {
+                "recorded through wgpu each step (replay needs Vulkan; or --no-replay / WGPTQ_REPLAY=0)"
+            }
+        );
     }
 }
 

@@ -23,6 +23,9 @@ pub struct DeviceOptions {
     /// of each column block, even where the adapter has f32 atomics (which are faster, and add in arrival order;
     /// also `WGPTQ_FLOAT_ATOMICS=0`).
     pub deterministic: bool,
+    /// Record every decode step through wgpu, even on Vulkan, where by default the steps are replayed from
+    /// command buffers recorded once (`crate::gpu::replay`; also `WGPTQ_REPLAY=0`).
+    pub no_replay: bool,
 }
 
 /// Backend names `DeviceOptions::backend` accepts.
@@ -71,6 +74,9 @@ pub struct Caps {
     /// deterministic results: the decode residual GEMVs add their split-K partial sums straight into the residual
     /// stream ([`crate::gpu::linear::Epilogue::ResidualAtomic`]).
     pub float_atomics: bool,
+    /// Decode steps are replayed from Vulkan command buffers recorded once (`crate::gpu::replay`): a Vulkan
+    /// adapter, unless the options (or `WGPTQ_REPLAY=0`) ask for wgpu's recording.
+    pub replay: bool,
 }
 
 /// Workgroup memory the cooperative-matrix GEMM needs at most (its largest tile).
@@ -93,6 +99,9 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub caps: Caps,
+    /// Held around every submission to the queue: the Vulkan replay submits to wgpu's queue itself, and Vulkan
+    /// wants a queue's submissions externally synchronised. Submit through [`Gpu::submit`].
+    submits: std::sync::Mutex<()>,
 }
 
 /// Optional features wgptq takes advantage of when an adapter has them.
@@ -237,6 +246,10 @@ impl Caps {
         if float_atomics {
             required |= wgpu::Features::SHADER_FLOAT32_ATOMIC;
         }
+        let replay = info.backend == wgpu::Backend::Vulkan
+            && cfg!(not(any(target_vendor = "apple", target_arch = "wasm32")))
+            && !opts.no_replay
+            && std::env::var("WGPTQ_REPLAY").map_or(true, |v| v != "0");
         let caps = Caps {
             subgroup_size,
             timestamps,
@@ -248,6 +261,7 @@ impl Caps {
             coop_matrix,
             subgroup_barrier,
             float_atomics,
+            replay,
         };
         (caps, required)
     }
@@ -286,7 +300,23 @@ impl Gpu {
             device,
             queue,
             caps,
+            submits: std::sync::Mutex::new(()),
         }))
+    }
+
+    /// Submits command buffers to the queue (under the submission lock, see [`Gpu`]).
+    pub fn submit<I: IntoIterator<Item = wgpu::CommandBuffer>>(
+        &self,
+        buffers: I,
+    ) -> wgpu::SubmissionIndex {
+        let _held = self.submits.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue.submit(buffers)
+    }
+
+    /// Runs `f` holding the submission lock (for submissions wgpu does not make, see [`Gpu`]).
+    pub fn with_submit_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _held = self.submits.lock().unwrap_or_else(|e| e.into_inner());
+        f()
     }
 
     /// A storage buffer initialised from `data` (COPY_SRC/DST too, for readback and updates).
@@ -359,7 +389,7 @@ impl Gpu {
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
+        self.submit([enc.finish()]);
         self.map_and_read(&staging, size)
     }
 

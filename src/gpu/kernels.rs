@@ -576,6 +576,7 @@ pub fn variants(sg: Option<u32>) -> Vec<KernelKey> {
         make_key(Kernel::ReduceAdd, ROW_WG, sg, &[]),
         make_key(Kernel::Stream, 256, sg, &[]),
         make_key(Kernel::GridBarrier, GRID_BARRIER_WG, sg, &[]),
+        make_key(Kernel::Advance, 1, sg, &[]),
         make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 0), ("SWIGLU", 0)]),
         make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 1), ("SWIGLU", 0)]),
         make_key(Kernel::Gather, GATHER_WG, sg, &[("NORM", 0), ("SWIGLU", 1)]),

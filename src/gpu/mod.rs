@@ -7,6 +7,49 @@ pub mod linear;
 pub mod memory;
 pub mod ops;
 pub mod plan;
+#[cfg(not(any(target_vendor = "apple", target_arch = "wasm32")))]
+pub mod replay;
+#[cfg(any(target_vendor = "apple", target_arch = "wasm32"))]
+pub mod replay {
+    //! This build of wgpu has no Vulkan backend: decode steps are always recorded through wgpu
+    //! ([`super::Caps::replay`] is never set), so none of this is reached.
+    use std::sync::Arc;
+
+    use super::ops::Dispatch;
+    use super::Gpu;
+    use crate::error::{Error, Result};
+
+    /// What a replayed step reads (see the Vulkan build).
+    pub struct ReplayIo<'a> {
+        pub step: &'a wgpu::Buffer,
+        pub out_ids: &'a wgpu::Buffer,
+        pub readback: &'a [wgpu::Buffer],
+    }
+
+    /// Never made in this build.
+    pub struct Replay(());
+
+    fn absent() -> Error {
+        Error::Gpu {
+            op: "vulkan replay".into(),
+            reason: "this build of wgpu has no Vulkan backend".into(),
+        }
+    }
+
+    impl Replay {
+        pub fn new(_gpu: &Arc<Gpu>, _lists: &[&[Dispatch]], _io: &ReplayIo) -> Result<Replay> {
+            Err(absent())
+        }
+
+        pub fn submit(&self, _list: usize, _slot: usize) -> Result<()> {
+            Err(absent())
+        }
+
+        pub fn wait(&self, _list: usize, _slot: usize) -> Result<()> {
+            Err(absent())
+        }
+    }
+}
 pub mod shader;
 pub mod steps;
 

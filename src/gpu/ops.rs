@@ -233,6 +233,8 @@ impl Pipelines {
                     entries: &entries,
                 })
         })?;
+        let mut bound = vec![params_buf, step.clone()];
+        bound.extend(buffers.iter().map(|&b| b.clone()));
         Ok(Dispatch {
             op: key.kernel.file_name().trim_end_matches(".wgsl"),
             label,
@@ -241,7 +243,8 @@ impl Pipelines {
             bind_group,
             groups,
             bytes,
-            _params: params_buf,
+            key,
+            bound,
         })
     }
 }
@@ -257,7 +260,10 @@ pub struct Dispatch {
     pub groups: [u32; 3],
     /// Bytes the op must move at minimum (its floor), for the profiler.
     pub bytes: u64,
-    _params: wgpu::Buffer,
+    /// The specialised kernel (the Vulkan replay builds its own pipeline from it, `super::replay`).
+    pub key: KernelKey,
+    /// The buffers bound, in binding order (its parameter block first); they live as long as the dispatch.
+    pub bound: Vec<wgpu::Buffer>,
 }
 
 impl Dispatch {
@@ -291,6 +297,6 @@ pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
                 d.record(&mut pass);
             }
         }
-        gpu.queue.submit([enc.finish()]);
+        gpu.submit([enc.finish()]);
     })
 }

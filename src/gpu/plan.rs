@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use half::f16;
+use wgpu::util::DeviceExt;
 
 use super::context::Gpu;
 use super::kernels;
@@ -398,7 +399,16 @@ impl Plan {
         }
         let splits = steps::DecodeSplits::choose(&gpu.caps, w)?;
         let bufs = Activations {
-            step: gpu.uniform_init("step", &[0u8; 16]),
+            // Storage too: the Vulkan replay advances the position on the GPU (src/gpu/replay.rs).
+            step: gpu
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("step"),
+                    contents: &[0u8; 16],
+                    usage: wgpu::BufferUsages::UNIFORM
+                        | wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST,
+                }),
             tokens: gpu.storage("tokens", (cap * 4) as u64)?,
             x: gpu.storage("x", f32s(cap * h))?,
             xn: gpu.storage("xn", f32s(cap * h))?,
@@ -467,14 +477,28 @@ impl Plan {
     /// The decode dispatch list for a step at position `pos` (whose keys are those of positions ≤ pos inside
     /// the sliding window).
     pub fn decode_list(&self, pos: usize) -> &[Dispatch] {
+        match (self.decode_list_index(pos), &self.decode_short) {
+            (1, Some(short)) => short,
+            _ => &self.decode,
+        }
+    }
+
+    /// The decode lists in the order [`Plan::decode_list_index`] numbers them: `decode`, then `decode_short`
+    /// where there is one.
+    pub fn decode_lists(&self) -> Vec<&[Dispatch]> {
+        let mut lists = vec![&self.decode[..]];
+        lists.extend(self.decode_short.as_deref());
+        lists
+    }
+
+    /// Which of [`Plan::decode_lists`] the step at `pos` takes: 1 (`decode_short`) where there is one and
+    /// the step's keys fit one attention split, else 0.
+    pub fn decode_list_index(&self, pos: usize) -> usize {
         let keys = if self.window > 0 {
             (pos + 1).min(self.window)
         } else {
             pos + 1
         };
-        match &self.decode_short {
-            Some(short) if keys <= kernels::ATTN_SPLIT_KEYS as usize => short,
-            _ => &self.decode,
-        }
+        usize::from(self.decode_short.is_some() && keys <= kernels::ATTN_SPLIT_KEYS as usize)
     }
 }

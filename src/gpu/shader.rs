@@ -25,10 +25,11 @@ pub enum Kernel {
     Stream,
     Gather,
     GridBarrier,
+    Advance,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::GptqGemv,
@@ -45,6 +46,7 @@ impl Kernel {
         Kernel::Stream,
         Kernel::Gather,
         Kernel::GridBarrier,
+        Kernel::Advance,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -65,6 +67,7 @@ impl Kernel {
             Kernel::Stream => "stream.wgsl",
             Kernel::GridBarrier => "grid_barrier.wgsl",
             Kernel::Gather => "gather.wgsl",
+            Kernel::Advance => "advance.wgsl",
         }
     }
 
@@ -86,6 +89,7 @@ impl Kernel {
             Kernel::Stream => include_str!("../../shaders/stream.wgsl"),
             Kernel::GridBarrier => include_str!("../../shaders/grid_barrier.wgsl"),
             Kernel::Gather => include_str!("../../shaders/gather.wgsl"),
+            Kernel::Advance => include_str!("../../shaders/advance.wgsl"),
         }
     }
 
@@ -106,6 +110,7 @@ impl Kernel {
             Kernel::Stream => &[U, U, R, W],
             Kernel::GridBarrier => &[U, U, W],
             Kernel::Gather => &[U, U, R, R, W, R],
+            Kernel::Advance => &[U, U, W],
         }
     }
 }
@@ -256,11 +261,6 @@ pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
 /// The kernel as SPIR-V, translated by naga as wgpu 30 does for a Vulkan 1.3 device: backend failures (naga's
 /// SPIR-V writer can panic on modules that validate) show here, without a GPU.
 pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
-    let (module, info) = naga_module(key)?;
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: "main".into(),
-    };
     // wgptq creates its modules without runtime checks; with `WGPTQ_BOUNDS_CHECKS=1` wgpu's Vulkan backend
     // restricts indices into arrays, and storage-buffer accesses too unless the device has robustBufferAccess2:
     // translate under all three, return the unchecked one (the last).
@@ -271,28 +271,47 @@ pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
         (Restrict, Unchecked),
         (Unchecked, Unchecked),
     ] {
-        let options = naga::back::spv::Options {
-            lang_version: (1, 6),
-            bounds_check_policies: naga::proc::BoundsCheckPolicies {
-                index,
-                buffer,
-                image_load: Unchecked,
-                binding_array: Unchecked,
-            },
-            zero_initialize_workgroup_memory:
-                naga::back::spv::ZeroInitializeWorkgroupMemoryMode::Native,
-            force_loop_bounding: false,
-            ..Default::default()
-        };
-        out =
-            naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
-                Error::Shader {
-                    shader: key.label(),
-                    reason: format!("SPIR-V ({index:?} indices, {buffer:?} buffer accesses): {e}"),
-                }
-            })?;
+        out = spirv_with(key, (1, 6), (index, buffer))?;
     }
     Ok(out)
+}
+
+/// The kernel as SPIR-V `lang_version` with the given (index, buffer) bounds-check policies, otherwise as wgpu
+/// 30's Vulkan backend translates a module made with `create_shader_module_trusted` and a pipeline that does
+/// not zero workgroup memory (what [`super::ops::Pipelines`] asks for): the Vulkan replay
+/// (`super::replay`) builds its pipelines from this.
+pub fn spirv_with(
+    key: &KernelKey,
+    lang_version: (u8, u8),
+    (index, buffer): (naga::proc::BoundsCheckPolicy, naga::proc::BoundsCheckPolicy),
+) -> Result<Vec<u32>> {
+    let (module, info) = naga_module(key)?;
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    use naga::proc::BoundsCheckPolicy::Unchecked;
+    let options = naga::back::spv::Options {
+        lang_version,
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index,
+            buffer,
+            image_load: Unchecked,
+            binding_array: Unchecked,
+        },
+        zero_initialize_workgroup_memory: naga::back::spv::ZeroInitializeWorkgroupMemoryMode::None,
+        force_loop_bounding: false,
+        ray_query_initialization_tracking: false,
+        trace_ray_argument_validation: false,
+        emit_int_div_checks: false,
+        ..Default::default()
+    };
+    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
+        Error::Shader {
+            shader: key.label(),
+            reason: format!("SPIR-V ({index:?} indices, {buffer:?} buffer accesses): {e}"),
+        }
+    })
 }
 
 /// The specialised kernel as a validated naga module (for tools that translate it themselves).
