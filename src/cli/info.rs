@@ -268,7 +268,10 @@ fn print_adapters(args: &InfoArgs, choice: &AdapterChoice) {
         );
         println!(
             "decode steps: {}",
-            if c.replay {
+            if c.replay_unchecked {
+                "replayed from Vulkan command buffers recorded once, their pipelines without robustBufferAccess's \
+                 checks (--no-replay records each through wgpu)"
+            } else if c.replay {
                 "replayed from Vulkan command buffers recorded once (--no-replay records each through wgpu)"
             } else {
                 "recorded through wgpu each step (replay needs Vulkan; or --no-replay / WGPTQ_REPLAY=0)"

@@ -77,6 +77,9 @@ pub struct Caps {
     /// Decode steps are replayed from Vulkan command buffers recorded once (`crate::gpu::replay`): a Vulkan
     /// adapter, unless the options (or `WGPTQ_REPLAY=0`) ask for wgpu's recording.
     pub replay: bool,
+    /// The replayed pipelines go without robustBufferAccess's per-access checks (the device has
+    /// VK_EXT_pipeline_robustness, and `WGPTQ_REPLAY_CHECKED=1` does not keep them).
+    pub replay_unchecked: bool,
 }
 
 /// Workgroup memory the cooperative-matrix GEMM needs at most (its largest tile).
@@ -262,6 +265,9 @@ impl Caps {
             subgroup_barrier,
             float_atomics,
             replay,
+            replay_unchecked: replay
+                && std::env::var("WGPTQ_REPLAY_CHECKED").map_or(true, |v| v != "1")
+                && super::replay::has_pipeline_robustness(adapter),
         };
         (caps, required)
     }
@@ -276,7 +282,7 @@ impl Gpu {
         let (caps, required) = Caps::of_adapter(&adapter, opts);
         // wgpu's defaults are lower than real adapters allow: ask for what the adapter has.
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let desc = wgpu::DeviceDescriptor {
             label: Some("wgptq"),
             required_features: required,
             required_limits: limits.clone(),
@@ -290,10 +296,14 @@ impl Gpu {
             },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::NoAdapter {
-            reason: format!("request_device on {}: {e}", info.name),
-        })?;
+        };
+        let (device, queue) = if caps.replay_unchecked {
+            super::replay::open_with_pipeline_robustness(&adapter, &desc)?
+        } else {
+            pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::NoAdapter {
+                reason: format!("request_device on {}: {e}", info.name),
+            })?
+        };
         tracing::info!(adapter = %info.name, backend = ?info.backend, driver = %info.driver_info, ?caps, "GPU selected");
         Ok(Arc::new(Gpu {
             adapter_info: info,

@@ -29,6 +29,17 @@ pub mod replay {
     /// Never made in this build.
     pub struct Replay(());
 
+    pub fn has_pipeline_robustness(_adapter: &wgpu::Adapter) -> bool {
+        false
+    }
+
+    pub fn open_with_pipeline_robustness(
+        _adapter: &wgpu::Adapter,
+        _desc: &wgpu::DeviceDescriptor,
+    ) -> Result<(wgpu::Device, wgpu::Queue)> {
+        Err(absent())
+    }
+
     fn absent() -> Error {
         Error::Gpu {
             op: "vulkan replay".into(),

@@ -114,6 +114,60 @@ const MEMORY_RW: vk::AccessFlags = vk::AccessFlags::from_raw(
     vk::AccessFlags::MEMORY_READ.as_raw() | vk::AccessFlags::MEMORY_WRITE.as_raw(),
 );
 
+/// Whether `adapter` offers VK_EXT_pipeline_robustness: the replay's pipelines can then go without the check
+/// robustBufferAccess (which wgpu enables) puts on every buffer access.
+pub fn has_pipeline_robustness(adapter: &wgpu::Adapter) -> bool {
+    // SAFETY: queries on the adapter's physical device.
+    let Some(hal) = (unsafe { adapter.as_hal::<Vulkan>() }) else {
+        return false;
+    };
+    let instance = hal.shared_instance().raw_instance();
+    let pd = hal.raw_physical_device();
+    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.unwrap_or_default();
+    let name = ash::ext::pipeline_robustness::NAME;
+    if !exts.iter().any(|e| e.extension_name_as_c_str() == Ok(name)) {
+        return false;
+    }
+    let mut feature = vk::PhysicalDevicePipelineRobustnessFeaturesEXT::default();
+    let mut all = vk::PhysicalDeviceFeatures2::default().push_next(&mut feature);
+    unsafe { instance.get_physical_device_features2(pd, &mut all) };
+    feature.pipeline_robustness == vk::TRUE
+}
+
+/// Opens `adapter` as `request_device` would, with VK_EXT_pipeline_robustness enabled as well (see
+/// [`has_pipeline_robustness`]).
+pub fn open_with_pipeline_robustness(
+    adapter: &wgpu::Adapter,
+    desc: &wgpu::DeviceDescriptor,
+) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let fail = |e: String| Error::NoAdapter {
+        reason: format!("opening the Vulkan device with VK_EXT_pipeline_robustness: {e}"),
+    };
+    // SAFETY: the device is opened from this adapter with features and limits it reported, plus one extension
+    // and its feature struct that it was checked to offer.
+    let hal =
+        unsafe { adapter.as_hal::<Vulkan>() }.ok_or_else(|| fail("not a Vulkan adapter".into()))?;
+    let mut feature =
+        vk::PhysicalDevicePipelineRobustnessFeaturesEXT::default().pipeline_robustness(true);
+    let feature_ref = &mut feature;
+    let callback: Box<wgpu::hal::vulkan::CreateDeviceCallback<'_>> = Box::new(move |args| {
+        args.extensions.push(ash::ext::pipeline_robustness::NAME);
+        let info = std::mem::take(args.create_info);
+        *args.create_info = info.push_next(feature_ref);
+    });
+    let open = unsafe {
+        hal.open_with_callback(
+            desc.required_features,
+            &desc.required_limits,
+            &desc.memory_hints,
+            Some(callback),
+        )
+    }
+    .map_err(|e| fail(e.to_string()))?;
+    drop(hal);
+    unsafe { adapter.create_device_from_hal(open, desc) }.map_err(|e| fail(e.to_string()))
+}
+
 /// The Vulkan descriptor type of a kernel binding.
 fn descriptor_type(b: Binding) -> vk::DescriptorType {
     match b {
@@ -270,9 +324,18 @@ impl Replay {
             .stage(vk::ShaderStageFlags::COMPUTE)
             .module(module)
             .name(c"main");
-        let info = vk::ComputePipelineCreateInfo::default()
+        // Where the device has VK_EXT_pipeline_robustness, without robustBufferAccess's per-access checks: the
+        // kernels keep their indices inside their buffers (each is tested against a CPU reference with poisoned
+        // outputs), as for the wgpu pipelines made without naga's checks.
+        let mut unchecked = vk::PipelineRobustnessCreateInfoEXT::default()
+            .storage_buffers(vk::PipelineRobustnessBufferBehaviorEXT::DISABLED)
+            .uniform_buffers(vk::PipelineRobustnessBufferBehaviorEXT::DISABLED);
+        let mut info = vk::ComputePipelineCreateInfo::default()
             .stage(stage)
             .layout(layout);
+        if self.gpu.caps.replay_unchecked {
+            info = info.push_next(&mut unchecked);
+        }
         let made = unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &[info], None) };
         unsafe { d.destroy_shader_module(module, None) };
         let pipeline = made
