@@ -375,7 +375,8 @@ impl Session {
     }
 
     /// Greedy decoding on the GPU, pipelined: each step reads its input token from the previous step's GPU argmax,
-    /// so step n + 1 is recorded and submitted while step n runs, and the ids come back asynchronously.
+    /// so step n + 1 is recorded and submitted while step n runs, and the ids come back asynchronously. On Vulkan
+    /// every step after the first is a recorded one, submitted as it is (`crate::gpu::replay`).
     /// `first` is the input of the first step; `on_id` sees each generated id and returns `false` to stop.
     /// Returns the number of ids produced. Steps submitted ahead of a stop are discarded (the position is moved
     /// back; the cache slots they wrote lie beyond it and are overwritten later).

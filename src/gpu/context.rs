@@ -279,7 +279,7 @@ impl Gpu {
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         let adapter = select_adapter(&instance, &adapters, opts)?;
         let info = adapter.get_info();
-        let (caps, required) = Caps::of_adapter(&adapter, opts);
+        let (mut caps, required) = Caps::of_adapter(&adapter, opts);
         // wgpu's defaults are lower than real adapters allow: ask for what the adapter has.
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
@@ -297,12 +297,24 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = if caps.replay_unchecked {
-            super::replay::open_with_pipeline_robustness(&adapter, &desc)?
-        } else {
-            pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::NoAdapter {
-                reason: format!("request_device on {}: {e}", info.name),
-            })?
+        let mut opened = None;
+        if caps.replay_unchecked {
+            match super::replay::open_with_pipeline_robustness(&adapter, &desc) {
+                Ok(d) => opened = Some(d),
+                Err(e) => {
+                    // The replay keeps the checks; nothing else depends on the extension.
+                    tracing::warn!("{e}; the replayed pipelines keep robustBufferAccess's checks");
+                    caps.replay_unchecked = false;
+                }
+            }
+        }
+        let (device, queue) = match opened {
+            Some(d) => d,
+            None => {
+                pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::NoAdapter {
+                    reason: format!("request_device on {}: {e}", info.name),
+                })?
+            }
         };
         tracing::info!(adapter = %info.name, backend = ?info.backend, driver = %info.driver_info, ?caps, "GPU selected");
         Ok(Arc::new(Gpu {
