@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::gpu::ops;
 use crate::gpu::plan::{GpuWeights, Plan, PlanShape};
 use crate::gpu::replay::{Replay, ReplayIo};
 use crate::gpu::{DeviceOptions, Gpu, Pipelines, StepParams};
@@ -163,12 +164,34 @@ impl Model {
             })
             .collect::<Vec<_>>();
         let replay = if self.gpu.caps.replay {
+            // WGPTQ_REPLAY_PREFILL=0 records prefill chunks through wgpu (measurements).
+            let prefill = std::env::var("WGPTQ_REPLAY_PREFILL").map_or(true, |v| v != "0");
             let io = ReplayIo {
                 step: &plan.bufs.step,
                 out_ids: &plan.bufs.out_ids,
                 readback: &id_staging,
+                prefill: prefill.then_some(&plan.prefill[..]),
             };
-            Some(Replay::new(&self.gpu, &plan.decode_lists(), &io)?)
+            // wgpu zero-fills a buffer lazily, before the first of its own submissions that uses it: it would
+            // not for the replay's (counters left as found), and would later wipe what the replay wrote (a
+            // prefilled KV cache). Cleared through wgpu now, every session buffer counts as initialised.
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            let kv = plan.bufs.kv.iter().flat_map(|(k, v)| [k, v]);
+            for b in plan.bufs.buffers().into_iter().chain(kv) {
+                enc.clear_buffer(b, 0, None);
+            }
+            self.gpu.submit([enc.finish()]);
+            let kernels = self.pipes.replay_kernels()?;
+            let replay = Replay::new(kernels, &plan.decode_lists(), &io).map_err(|e| match e {
+                Error::Gpu { op, reason } => Error::Gpu {
+                    op,
+                    reason: format!(
+                        "{reason}; --no-replay (WGPTQ_REPLAY=0) records every step through wgpu instead"
+                    ),
+                },
+                other => other,
+            })?;
+            Some(replay)
         } else {
             None
         };
@@ -325,26 +348,22 @@ impl Session {
         } else {
             self.plan.decode_list(self.pos)
         };
-        let index = gpu.scoped("step", || {
-            let mut enc = gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("step"),
-                });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(if prefill { "prefill" } else { "decode" }),
-                    timestamp_writes: None,
-                });
-                for d in list {
-                    d.record(&mut pass);
-                }
+        let replay = self.replay.as_ref().filter(|r| prefill && r.has_prefill());
+        let index = if let Some(replay) = replay {
+            // The recorded chunk: its inputs reach the queue first (an empty submit flushes wgpu's writes), then
+            // the chunk, then the readback copy in a wgpu submission of its own, which the chunk's closing
+            // barrier orders after it.
+            // Without a readback nothing waits for this chunk by its index (the next step is ordered after it).
+            let flushed = gpu.submit([]);
+            replay.submit_prefill()?;
+            match copy {
+                Some(_) => gpu.submit([ops::encode(gpu, "prefill readback", [], copy)]),
+                None => flushed,
             }
-            if let Some((src, dst, size)) = copy {
-                enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
-            }
-            gpu.submit([enc.finish()])
-        })?;
+        } else {
+            let label = if prefill { "prefill" } else { "decode" };
+            gpu.scoped("step", || gpu.submit([ops::encode(gpu, label, list, copy)]))?
+        };
         self.last_encode = t0.elapsed();
         self.encode_total += self.last_encode;
         self.pos += n;
@@ -445,8 +464,14 @@ impl Session {
                 });
             }
             produced += 1;
-            if !on_id(id)? {
-                break;
+            match on_id(id) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // The steps submitted ahead are discarded as on a stop.
+                    self.pos -= inflight.len();
+                    return Err(e);
+                }
             }
         }
         self.pos -= inflight.len();

@@ -439,11 +439,11 @@ fn decode_matches_prefill_across_the_attention_split_boundary() {
     }
 }
 
-/// On Vulkan, greedy decode steps after a stream's first replay command buffers recorded once
-/// (src/gpu/replay.rs); elsewhere, or with `no_replay`, each step is recorded through wgpu. Both run the same
+/// On Vulkan, prefill chunks and the greedy decode steps after a stream's first replay command buffers recorded
+/// once (src/gpu/replay.rs); elsewhere, or with `no_replay`, each step is recorded through wgpu. Both run the same
 /// kernels over the same buffers, so in the deterministic mode (fixed-order residual) they must agree bit for
-/// bit: the streamed ids across the attention split (both decode lists), and the logits of a host-path step
-/// after the stream, which read the keys and values the replayed steps wrote.
+/// bit: the prefill's logits, the streamed ids across the attention split (both decode lists), and the logits of
+/// a host-path step after the stream, which read the keys and values the replayed steps wrote.
 #[test]
 fn replayed_decode_steps_match_wgpu_recorded_ones_bit_for_bit() {
     let spec = SyntheticSpec {
@@ -467,7 +467,8 @@ fn replayed_decode_steps_match_wgpu_recorded_ones_bit_for_bit() {
         let vulkan = model.gpu.adapter_info.backend == wgpu::Backend::Vulkan;
         assert_eq!(model.gpu.caps.replay, vulkan && !no_replay);
         let mut s = model.session(false).expect("session");
-        s.prefill(&seq).expect("prefill");
+        // Four chunks of 64: three without a readback, then the last one's logits.
+        let prefilled = s.prefill(&seq).expect("prefill");
         // Keys 241..280: the short list up to 256, the split one after.
         let mut ids = Vec::new();
         let n = s
@@ -493,10 +494,25 @@ fn replayed_decode_steps_match_wgpu_recorded_ones_bit_for_bit() {
         })
         .expect("stream after a stop");
         assert_eq!(s.position(), 287);
-        (ids, logits, again, vulkan)
+        // A callback error stops the stream like a stop does: the position counts the ids it was given.
+        let err = s.decode_greedy_stream(again[4], 8, |_| {
+            Err(wgptq::Error::InvalidArgument {
+                name: "test".into(),
+                value: "stop".into(),
+                reason: "callback error".into(),
+            })
+        });
+        assert!(err.is_err());
+        assert_eq!(s.position(), 288);
+        (prefilled, ids, logits, again, vulkan)
     };
-    let (replayed_ids, replayed, replayed_again, vulkan) = run(false);
-    let (recorded_ids, recorded, recorded_again, _) = run(true);
+    let (replayed_prefill, replayed_ids, replayed, replayed_again, vulkan) = run(false);
+    let (recorded_prefill, recorded_ids, recorded, recorded_again, _) = run(true);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(
+        bits(&replayed_prefill) == bits(&recorded_prefill),
+        "replayed prefill logits differ"
+    );
     if !vulkan {
         eprintln!("not a Vulkan adapter: both runs recorded through wgpu");
     }

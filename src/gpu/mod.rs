@@ -24,10 +24,20 @@ pub mod replay {
         pub step: &'a wgpu::Buffer,
         pub out_ids: &'a wgpu::Buffer,
         pub readback: &'a [wgpu::Buffer],
+        pub prefill: Option<&'a [Dispatch]>,
     }
 
     /// Never made in this build.
     pub struct Replay(());
+
+    /// Never made in this build.
+    pub struct RawKernels(());
+
+    impl RawKernels {
+        pub fn new(_gpu: &Arc<Gpu>) -> Result<RawKernels> {
+            Err(absent())
+        }
+    }
 
     pub fn has_pipeline_robustness(_adapter: &wgpu::Adapter) -> bool {
         false
@@ -48,7 +58,19 @@ pub mod replay {
     }
 
     impl Replay {
-        pub fn new(_gpu: &Arc<Gpu>, _lists: &[&[Dispatch]], _io: &ReplayIo) -> Result<Replay> {
+        pub fn new(
+            _kernels: Arc<RawKernels>,
+            _lists: &[&[Dispatch]],
+            _io: &ReplayIo,
+        ) -> Result<Replay> {
+            Err(absent())
+        }
+
+        pub fn has_prefill(&self) -> bool {
+            false
+        }
+
+        pub fn submit_prefill(&self) -> Result<()> {
             Err(absent())
         }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::Gpu;
+use super::replay::RawKernels;
 use super::shader::{Binding, Kernel, KernelKey};
 use crate::error::{Error, Result};
 
@@ -56,6 +57,8 @@ pub struct Pipelines {
     /// Bound to writable bindings a kernel variant does not use (a buffer bound read-only elsewhere in the same
     /// dispatch cannot be).
     pub dummy_rw: wgpu::Buffer,
+    /// The Vulkan replay's own pipelines (made on first use), shared by every session of the model.
+    replay: Mutex<Option<Arc<RawKernels>>>,
 }
 
 impl Pipelines {
@@ -70,7 +73,19 @@ impl Pipelines {
             gpu,
             cache: Mutex::new(HashMap::new()),
             dummy_rw,
+            replay: Mutex::new(None),
         }
+    }
+
+    /// The Vulkan replay's pipeline set for this device (see [`super::replay`]).
+    pub fn replay_kernels(&self) -> Result<Arc<RawKernels>> {
+        let mut slot = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = slot.as_ref() {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(RawKernels::new(&self.gpu)?);
+        *slot = Some(k.clone());
+        Ok(k)
     }
 
     /// The key for `kernel` on this device (see [`make_key`]).
@@ -280,23 +295,34 @@ impl Dispatch {
     }
 }
 
+/// Records `dispatches` in one compute pass, then `copy` (source, destination, bytes) if given.
+pub fn encode<'a>(
+    gpu: &Gpu,
+    label: &str,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+    copy: Option<(&wgpu::Buffer, &wgpu::Buffer, u64)>,
+) -> wgpu::CommandBuffer {
+    let mut enc = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+    }
+    if let Some((src, dst, size)) = copy {
+        enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
+    }
+    enc.finish()
+}
+
 /// Runs dispatches in one compute pass and one submit.
 pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
     gpu.scoped("step", || {
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("step"),
-                timestamp_writes: None,
-            });
-            for d in dispatches {
-                d.record(&mut pass);
-            }
-        }
-        gpu.submit([enc.finish()]);
+        gpu.submit([encode(gpu, "step", dispatches.iter().copied(), None)]);
     })
 }
