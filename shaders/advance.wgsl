@@ -1,4 +1,4 @@
-// Moves the decode position on by one token, on the GPU. The Vulkan replay (src/gpu/replay.rs) runs a decode
+// Moves the decode position on by one token, on the GPU. The Vulkan replay (src/gpu/replay/) runs a decode
 // step recorded once, so its position cannot come from the host: each replayed step opens with this dispatch,
 // which turns the previous step's `Step` block into its own (one token, the next position, logits row 0 as
 // before).

@@ -440,7 +440,7 @@ fn decode_matches_prefill_across_the_attention_split_boundary() {
 }
 
 /// On Vulkan, prefill chunks and the greedy decode steps after a stream's first replay command buffers recorded
-/// once (src/gpu/replay.rs); elsewhere, or with `no_replay`, each step is recorded through wgpu. Both run the same
+/// once (src/gpu/replay/); elsewhere, or with `no_replay`, each step is recorded through wgpu. Both run the same
 /// kernels over the same buffers, so in the deterministic mode (fixed-order residual) they must agree bit for
 /// bit: the prefill's logits, the streamed ids across the attention split (both decode lists), and the logits of
 /// a host-path step after the stream, which read the keys and values the replayed steps wrote.

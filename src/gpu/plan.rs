@@ -399,7 +399,7 @@ impl Plan {
         }
         let splits = steps::DecodeSplits::choose(&gpu.caps, w)?;
         let bufs = Activations {
-            // Storage too: the Vulkan replay advances the position on the GPU (src/gpu/replay.rs).
+            // Storage too: the Vulkan replay advances the position on the GPU (src/gpu/replay/).
             step: gpu
                 .device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
