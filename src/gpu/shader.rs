@@ -263,15 +263,16 @@ pub fn validate_with_naga(key: &KernelKey) -> Result<()> {
 pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
     // wgptq creates its modules without runtime checks; with `WGPTQ_BOUNDS_CHECKS=1` wgpu's Vulkan backend
     // restricts indices into arrays, and storage-buffer accesses too unless the device has robustBufferAccess2:
-    // translate under all three, return the unchecked one (the last).
+    // translate under all three (one parse and validation), return the unchecked one (the last).
     use naga::proc::BoundsCheckPolicy::{Restrict, Unchecked};
+    let (module, info) = naga_module(key)?;
     let mut out = Vec::new();
-    for (index, buffer) in [
+    for policies in [
         (Restrict, Restrict),
         (Restrict, Unchecked),
         (Unchecked, Unchecked),
     ] {
-        out = spirv_with(key, (1, 6), (index, buffer))?;
+        out = write_spirv(key, &module, &info, (1, 6), policies)?;
     }
     Ok(out)
 }
@@ -283,9 +284,19 @@ pub fn spirv(key: &KernelKey) -> Result<Vec<u32>> {
 pub fn spirv_with(
     key: &KernelKey,
     lang_version: (u8, u8),
-    (index, buffer): (naga::proc::BoundsCheckPolicy, naga::proc::BoundsCheckPolicy),
+    policies: (naga::proc::BoundsCheckPolicy, naga::proc::BoundsCheckPolicy),
 ) -> Result<Vec<u32>> {
     let (module, info) = naga_module(key)?;
+    write_spirv(key, &module, &info, lang_version, policies)
+}
+
+fn write_spirv(
+    key: &KernelKey,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    lang_version: (u8, u8),
+    (index, buffer): (naga::proc::BoundsCheckPolicy, naga::proc::BoundsCheckPolicy),
+) -> Result<Vec<u32>> {
     let pipeline = naga::back::spv::PipelineOptions {
         shader_stage: naga::ShaderStage::Compute,
         entry_point: "main".into(),
@@ -306,11 +317,9 @@ pub fn spirv_with(
         emit_int_div_checks: false,
         ..Default::default()
     };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
-        Error::Shader {
-            shader: key.label(),
-            reason: format!("SPIR-V ({index:?} indices, {buffer:?} buffer accesses): {e}"),
-        }
+    naga::back::spv::write_vec(module, info, &options, Some(&pipeline)).map_err(|e| Error::Shader {
+        shader: key.label(),
+        reason: format!("SPIR-V ({index:?} indices, {buffer:?} buffer accesses): {e}"),
     })
 }
 
