@@ -23,8 +23,8 @@ pub struct DeviceOptions {
     /// of each column block, even where the adapter has f32 atomics (which are faster, and add in arrival order;
     /// also `WGPTQ_FLOAT_ATOMICS=0`).
     pub deterministic: bool,
-    /// Record every decode step through wgpu, even on Vulkan, where by default the steps are replayed from
-    /// command buffers recorded once (`crate::gpu::replay`; also `WGPTQ_REPLAY=0`).
+    /// Record every decode step and prefill chunk through wgpu, even on Vulkan, where by default they are
+    /// replayed from command buffers recorded once (`crate::gpu::replay`; also `WGPTQ_REPLAY=0`).
     pub no_replay: bool,
 }
 
@@ -74,8 +74,9 @@ pub struct Caps {
     /// deterministic results: the decode residual GEMVs add their split-K partial sums straight into the residual
     /// stream ([`crate::gpu::linear::Epilogue::ResidualAtomic`]).
     pub float_atomics: bool,
-    /// Decode steps are replayed from Vulkan command buffers recorded once (`crate::gpu::replay`): a Vulkan
-    /// adapter, unless the options (or `WGPTQ_REPLAY=0`) ask for wgpu's recording.
+    /// Greedy decode steps and prefill chunks are replayed from Vulkan command buffers recorded once
+    /// (`crate::gpu::replay`): a Vulkan adapter, unless the options (or `WGPTQ_REPLAY=0`) ask for wgpu's
+    /// recording.
     pub replay: bool,
     /// The replayed pipelines go without robustBufferAccess's per-access checks (the device has
     /// VK_EXT_pipeline_robustness, and `WGPTQ_REPLAY_CHECKED=1` does not keep them).
