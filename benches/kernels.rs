@@ -36,7 +36,7 @@ fn time_dispatches(gpu: &Gpu, ds: &[Dispatch], iters: u64) -> Duration {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for _ in 0..n {
                 for d in ds {
-                    d.record(&mut pass);
+                    d.record(&mut pass).expect("kernel compiles");
                 }
             }
         }

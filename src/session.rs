@@ -357,12 +357,13 @@ impl Session {
             let flushed = gpu.submit([]);
             replay.submit_prefill()?;
             match copy {
-                Some(_) => gpu.submit([ops::encode(gpu, "prefill readback", [], copy)]),
+                Some(_) => gpu.submit([ops::encode(gpu, "prefill readback", [], copy)?]),
                 None => flushed,
             }
         } else {
             let label = if prefill { "prefill" } else { "decode" };
-            gpu.scoped("step", || gpu.submit([ops::encode(gpu, label, list, copy)]))?
+            let cb = ops::encode(gpu, label, list, copy)?;
+            gpu.scoped("step", || gpu.submit([cb]))?
         };
         self.last_encode = t0.elapsed();
         self.encode_total += self.last_encode;

@@ -58,7 +58,7 @@ fn time_pass(
     reps: u32,
     timer: Option<&PassTimer>,
 ) -> Result<(f64, Option<f64>)> {
-    let cmd = gpu.scoped("ceiling", || {
+    let cmd = gpu.scoped("ceiling", || -> Result<wgpu::CommandBuffer> {
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -75,7 +75,7 @@ fn time_pass(
             });
             for _ in 0..reps {
                 for d in ds {
-                    d.record(&mut pass);
+                    d.record(&mut pass)?;
                 }
             }
         }
@@ -83,8 +83,8 @@ fn time_pass(
             enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
             enc.copy_buffer_to_buffer(&t.resolve, 0, &t.staging, 0, 16);
         }
-        enc.finish()
-    })?;
+        Ok(enc.finish())
+    })??;
     let t0 = Instant::now();
     gpu.scoped("ceiling submit", || gpu.submit([cmd]))?;
     gpu.device

@@ -112,7 +112,7 @@ fn profile_step(
             .write_buffer(&plan.bufs.step, 0, bytemuck::bytes_of(&step));
         gpu.queue
             .write_buffer(&plan.bufs.tokens, 0, bytemuck::cast_slice(tokens));
-        gpu.scoped("profile", || {
+        gpu.scoped("profile", || -> Result<()> {
             let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("profile"),
             });
@@ -123,14 +123,15 @@ fn profile_step(
                 });
                 for (i, d) in list.iter().enumerate() {
                     pass.write_timestamp(&qs, i as u32);
-                    d.record(&mut pass);
+                    d.record(&mut pass)?;
                 }
                 pass.write_timestamp(&qs, n as u32);
             }
             enc.resolve_query_set(&qs, 0..count, &resolve, 0);
             enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, size);
             gpu.submit([enc.finish()]);
-        })?;
+            Ok(())
+        })??;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&staging, size)?);
         samples.push(
             ticks

@@ -2,8 +2,10 @@
 //! bind group, and the workgroup grid, returning a [`Dispatch`] to replay every step. The planner and the
 //! kernel tests both build ops through here, so what is tested is what runs.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytemuck::{Pod, Zeroable};
 
@@ -44,10 +46,83 @@ pub fn bounds_checks() -> bool {
     std::env::var("WGPTQ_BOUNDS_CHECKS").is_ok_and(|v| v == "1")
 }
 
-/// A compiled kernel: its bind group layout and pipeline.
+/// A kernel: its bind group layout, and its pipeline once compiled (see [`Pipelines::deferred`]).
 pub struct Compiled {
     pub layout: wgpu::BindGroupLayout,
-    pub pipeline: wgpu::ComputePipeline,
+    pipeline_layout: wgpu::PipelineLayout,
+    key: KernelKey,
+    gpu: Arc<Gpu>,
+    pipeline: OnceLock<wgpu::ComputePipeline>,
+}
+
+impl Compiled {
+    /// The pipeline, compiled now if it was not yet.
+    pub fn pipeline(&self) -> Result<&wgpu::ComputePipeline> {
+        if let Some(p) = self.pipeline.get() {
+            return Ok(p);
+        }
+        let p = self.compile()?;
+        Ok(self.pipeline.get_or_init(|| p))
+    }
+
+    /// Whether the pipeline has been compiled.
+    pub fn is_compiled(&self) -> bool {
+        self.pipeline.get().is_some()
+    }
+
+    fn compile(&self) -> Result<wgpu::ComputePipeline> {
+        let src = self.key.source()?;
+        let label = self.key.label();
+        let device = &self.gpu.device;
+        let made = self.gpu.scoped(&label, || {
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            };
+            let module = if bounds_checks() {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: the planner sizes every buffer from the model's validated shapes and every kernel keeps its
+                // indices inside them (each is tested against a CPU reference with poisoned outputs); wgpu's
+                // per-access bounds clamps and loop-bounding counters would cost a large share of the ALU work of
+                // the hot loops. `WGPTQ_BOUNDS_CHECKS=1` turns them back on for debugging.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            };
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&self.pipeline_layout),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    // Kernels initialise the workgroup memory they read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        });
+        match made {
+            // Experimental on every backend: say how to run without it.
+            Err(Error::Gpu { op, reason }) if self.key.kernel == Kernel::GptqGemmCoop => {
+                Err(Error::Gpu {
+                    op,
+                    reason: format!(
+                        "{reason}\nthis is the prefill GEMM on the matrix units (wgpu's experimental cooperative \
+                         matrices); --no-matrix-units or WGPTQ_COOP=0 selects the portable GEMM"
+                    ),
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+thread_local! {
+    /// Inside [`Pipelines::deferred`] on this thread: new kernels are not compiled yet.
+    static DEFER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Pipeline cache keyed by [`KernelKey`]; every kernel is compiled at load/plan time, never per token.
@@ -93,97 +168,98 @@ impl Pipelines {
         make_key(kernel, wg, self.gpu.caps.subgroup_size, extra)
     }
 
+    /// Kernel `key`, compiled now unless inside [`Pipelines::deferred`].
     pub fn get(&self, key: &KernelKey) -> Result<Arc<Compiled>> {
-        let mut cache = self.cache.lock().map_err(|_| Error::Gpu {
-            op: "pipeline cache".into(),
-            reason: "poisoned lock".into(),
-        })?;
-        if let Some(c) = cache.get(key) {
-            return Ok(c.clone());
+        let compiled = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(key) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(self.layouts(key)?);
+                    cache.insert(key.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        if !DEFER.with(Cell::get) {
+            self.compile(&compiled)?;
         }
-        let src = key.source()?;
+        Ok(compiled)
+    }
+
+    /// Runs `build` with compilation deferred on this thread, then compiles every kernel not compiled yet on all
+    /// cores at once. Why: a model's plan needs dozens of kernel variants, and the driver compiles each for tens
+    /// to hundreds of milliseconds on one thread (2 s for OpenChat-3.5 on the H100 host, docs/PERF.md).
+    pub fn deferred<T>(&self, build: impl FnOnce() -> Result<T>) -> Result<T> {
+        let was = DEFER.with(|d| d.replace(true));
+        let built = build();
+        DEFER.with(|d| d.set(was));
+        let built = built?;
+        if !was {
+            let pending: Vec<Arc<Compiled>> = {
+                let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache
+                    .values()
+                    .filter(|c| c.pipeline.get().is_none())
+                    .cloned()
+                    .collect()
+            };
+            in_parallel(&pending, |c| self.compile(c))?;
+        }
+        Ok(built)
+    }
+
+    /// Compiles `c`'s pipeline if it is not yet; one that fails leaves the cache (a later request tries again
+    /// and reports the error again, as it did the first time).
+    fn compile(&self, c: &Compiled) -> Result<()> {
+        c.pipeline().map(|_| ()).inspect_err(|_| {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.remove(&c.key);
+        })
+    }
+
+    /// The bind group and pipeline layouts of `key` (cheap; the pipeline is compiled later).
+    fn layouts(&self, key: &KernelKey) -> Result<Compiled> {
         let label = key.label();
         let device = &self.gpu.device;
-        let compiled = self.gpu.scoped(&label, || {
-            let entries: Vec<wgpu::BindGroupLayoutEntry> = key
-                .kernel
-                .bindings()
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupLayoutEntry {
-                    binding: i as u32,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: match b {
-                            Binding::Uniform => wgpu::BufferBindingType::Uniform,
-                            Binding::ReadOnly => {
-                                wgpu::BufferBindingType::Storage { read_only: true }
-                            }
-                            Binding::ReadWrite => {
-                                wgpu::BufferBindingType::Storage { read_only: false }
-                            }
-                        },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+            .kernel
+            .bindings()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                        Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
-                    count: None,
-                })
-                .collect();
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        self.gpu.scoped(&label, || {
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(&label),
                 entries: &entries,
             });
-            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(&label),
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            };
-            let module = if bounds_checks() {
-                device.create_shader_module(desc)
-            } else {
-                // SAFETY: the planner sizes every buffer from the model's validated shapes and every kernel keeps its
-                // indices inside them (each is tested against a CPU reference with poisoned outputs); wgpu's
-                // per-access bounds clamps and loop-bounding counters would cost a large share of the ALU work of
-                // the hot loops. `WGPTQ_BOUNDS_CHECKS=1` turns them back on for debugging.
-                unsafe {
-                    device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                }
-            };
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[],
-                    // Kernels initialise the workgroup memory they read.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-            Compiled { layout, pipeline }
-        });
-        let compiled = match compiled {
-            // Experimental on every backend: say how to run without it.
-            Err(Error::Gpu { op, reason }) if key.kernel == Kernel::GptqGemmCoop => {
-                return Err(Error::Gpu {
-                    op,
-                    reason: format!(
-                        "{reason}\nthis is the prefill GEMM on the matrix units (wgpu's experimental cooperative \
-                         matrices); --no-matrix-units or WGPTQ_COOP=0 selects the portable GEMM"
-                    ),
-                })
+            Compiled {
+                layout,
+                pipeline_layout,
+                key: key.clone(),
+                gpu: self.gpu.clone(),
+                pipeline: OnceLock::new(),
             }
-            other => other?,
-        };
-        let compiled = Arc::new(compiled);
-        cache.insert(key.clone(), compiled.clone());
-        Ok(compiled)
+        })
     }
 
     /// Builds a dispatch: kernel `key`, parameter block `params`, the step uniform, then `buffers` in binding
@@ -254,7 +330,7 @@ impl Pipelines {
             op: key.kernel.file_name().trim_end_matches(".wgsl"),
             label,
             kernel: key.kernel,
-            pipeline: compiled.pipeline.clone(),
+            compiled,
             bind_group,
             groups,
             bytes,
@@ -270,7 +346,8 @@ pub struct Dispatch {
     pub op: &'static str,
     pub label: String,
     pub kernel: Kernel,
-    pub pipeline: wgpu::ComputePipeline,
+    /// Its kernel (the pipeline compiled by the time it is first recorded).
+    pub compiled: Arc<Compiled>,
     pub bind_group: wgpu::BindGroup,
     pub groups: [u32; 3],
     /// Bytes the op must move at minimum (its floor), for the profiler.
@@ -288,10 +365,11 @@ impl Dispatch {
         self
     }
 
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> Result<()> {
+        pass.set_pipeline(self.compiled.pipeline()?);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+        Ok(())
     }
 }
 
@@ -301,7 +379,7 @@ pub fn encode<'a>(
     label: &str,
     dispatches: impl IntoIterator<Item = &'a Dispatch>,
     copy: Option<(&wgpu::Buffer, &wgpu::Buffer, u64)>,
-) -> wgpu::CommandBuffer {
+) -> Result<wgpu::CommandBuffer> {
     let mut enc = gpu
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
@@ -311,18 +389,55 @@ pub fn encode<'a>(
             timestamp_writes: None,
         });
         for d in dispatches {
-            d.record(&mut pass);
+            d.record(&mut pass)?;
         }
     }
     if let Some((src, dst, size)) = copy {
         enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
     }
-    enc.finish()
+    Ok(enc.finish())
+}
+
+/// Runs `f` on every item, spread over the machine's cores; the first error, if any.
+pub fn in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    let next = AtomicUsize::new(0);
+    let work = || -> Result<()> {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            match items.get(i) {
+                Some(item) => f(item)?,
+                None => return Ok(()),
+            }
+        }
+    };
+    if threads <= 1 {
+        return work();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+        let mut first = Ok(());
+        for h in handles {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(Error::Gpu {
+                    op: "compiling kernels".into(),
+                    reason: "a compiler thread panicked".into(),
+                })
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
 }
 
 /// Runs dispatches in one compute pass and one submit.
 pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    let cb = encode(gpu, "step", dispatches.iter().copied(), None)?;
     gpu.scoped("step", || {
-        gpu.submit([encode(gpu, "step", dispatches.iter().copied(), None)]);
+        gpu.submit([cb]);
     })
 }

@@ -437,15 +437,22 @@ impl Plan {
             dummy: gpu.storage("dummy", 16)?,
         };
         let attn_splits = kernels::attention_splits(shape.slots as u32);
-        let decode = steps::decode(pipes, w, &bufs, shape, &splits, attn_splits)?;
         // WGPTQ_SHORT_DECODE=0 keeps the split list at every position (benchmarking the difference).
         let short = std::env::var("WGPTQ_SHORT_DECODE").map_or(true, |v| v != "0");
-        let decode_short = if attn_splits > 1 && short {
-            Some(steps::decode(pipes, w, &bufs, shape, &splits, 1)?)
-        } else {
-            None
-        };
-        let prefill = steps::prefill(pipes, w, &bufs, shape)?;
+        // The lists first, then their kernels compiled together on every core.
+        let (decode, decode_short, prefill) = pipes.deferred(|| {
+            let decode = steps::decode(pipes, w, &bufs, shape, &splits, attn_splits)?;
+            let decode_short = if attn_splits > 1 && short {
+                Some(steps::decode(pipes, w, &bufs, shape, &splits, 1)?)
+            } else {
+                None
+            };
+            Ok((
+                decode,
+                decode_short,
+                steps::prefill(pipes, w, &bufs, shape)?,
+            ))
+        })?;
         // WGPTQ_ABLATE=op[+op...] leaves those ops out of the decode and prefill lists: a measurement tool (what
         // an op costs in place, docs/PERF.md); the tokens it produces are meaningless.
         let (decode, decode_short, prefill) = match std::env::var("WGPTQ_ABLATE") {

@@ -145,10 +145,13 @@ impl Replay {
         let advance = make_key(Kernel::Advance, 1, gpu.caps.subgroup_size, &[]);
         let (mut uniforms, mut storages, mut sets) = (0u32, 0u32, 0u32);
         let prefill = io.prefill.unwrap_or(&[]);
-        let keys = std::iter::once(&advance)
-            .chain(lists.iter().flat_map(|l| l.iter().map(|d| &d.key)))
-            .chain(prefill.iter().map(|d| &d.key));
-        for key in keys {
+        let keys = || {
+            std::iter::once(&advance)
+                .chain(lists.iter().flat_map(|l| l.iter().map(|d| &d.key)))
+                .chain(prefill.iter().map(|d| &d.key))
+        };
+        r.kernels.prepare(keys())?;
+        for key in keys() {
             for b in key.kernel.bindings() {
                 match b {
                     Binding::Uniform => uniforms += 1,
