@@ -25,6 +25,7 @@ pub mod generate;
 pub mod gpu;
 pub mod hub;
 pub mod model;
+pub mod parallel;
 pub mod prep;
 pub mod sampling;
 pub mod session;

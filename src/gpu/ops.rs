@@ -4,7 +4,6 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytemuck::{Pod, Zeroable};
@@ -204,7 +203,7 @@ impl Pipelines {
                     .cloned()
                     .collect()
             };
-            in_parallel(&pending, |c| self.compile(c))?;
+            crate::parallel::for_each(&pending, |c| self.compile(c))?;
         }
         Ok(built)
     }
@@ -396,42 +395,6 @@ pub fn encode<'a>(
         enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
     }
     Ok(enc.finish())
-}
-
-/// Runs `f` on every item, spread over the machine's cores; the first error, if any.
-pub fn in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    let next = AtomicUsize::new(0);
-    let work = || -> Result<()> {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            match items.get(i) {
-                Some(item) => f(item)?,
-                None => return Ok(()),
-            }
-        }
-    };
-    if threads <= 1 {
-        return work();
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
-        let mut first = Ok(());
-        for h in handles {
-            let r = h.join().unwrap_or_else(|_| {
-                Err(Error::Gpu {
-                    op: "compiling kernels".into(),
-                    reason: "a compiler thread panicked".into(),
-                })
-            });
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
-    })
 }
 
 /// Runs dispatches in one compute pass and one submit.

@@ -175,6 +175,67 @@ pub fn rope_table(head_dim: usize, theta: f32, positions: usize) -> Vec<[f32; 2]
     t
 }
 
+/// Layer `i` of `files`, prepared and uploaded, and the bytes its matrices read per decoded token.
+fn upload_layer(gpu: &Gpu, files: &ModelFiles, i: usize) -> Result<(GpuLayer, u64)> {
+    let ck = &files.checkpoint;
+    let l = &files.weights.layers[i];
+    let norm = |label: &str, t: &crate::model::TensorRef| -> Result<wgpu::Buffer> {
+        let v: Vec<f16> = ck.halfs(t);
+        linear::upload_f16_as_f32(gpu, label, &v)
+    };
+    let p = format!("layers.{i}");
+    // down's act-order moves into gate|up's column order where it is a plain permutation and both
+    // gate and up are GPTQ (prep::input_order).
+    let down_prep = if l.gate_up_gptq() {
+        prepared(files, &l.down)?
+    } else {
+        None
+    };
+    let down_order_vec = down_prep
+        .as_ref()
+        .and_then(prep::input_order)
+        .map(<[u32]>::to_vec);
+    let down_order = down_order_vec.as_deref();
+    let layer = GpuLayer {
+        input_norm: norm(&format!("{p}.input_norm"), &l.input_norm)?,
+        post_norm: norm(&format!("{p}.post_norm"), &l.post_norm)?,
+        qkv: upload_fused(
+            gpu,
+            files,
+            &format!("{p}.qkv"),
+            &[("q", &l.q), ("k", &l.k), ("v", &l.v)],
+            None,
+        )?,
+        o: upload_linear(gpu, files, &format!("{p}.o"), &l.o)?,
+        gate_up: upload_fused(
+            gpu,
+            files,
+            &format!("{p}.gate_up"),
+            &[("gate", &l.gate), ("up", &l.up)],
+            down_order,
+        )?,
+        down: match down_prep {
+            Some(mut d) => {
+                if down_order.is_some() {
+                    // gate|up's columns carry down's act-order: down reads its input as it comes.
+                    d.perm = None;
+                }
+                GpuLinear::Gptq(linear::upload_gptq(gpu, &format!("{p}.down"), &d)?)
+            }
+            None => upload_linear(gpu, files, &format!("{p}.down"), &l.down)?,
+        },
+    };
+    let bytes = layer.qkv.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
+        + layer.o.weight_bytes()
+        + layer
+            .gate_up
+            .iter()
+            .map(|(l, _)| l.weight_bytes())
+            .sum::<u64>()
+        + layer.down.weight_bytes();
+    Ok((layer, bytes))
+}
+
 impl GpuWeights {
     pub fn upload(gpu: &Gpu, files: &ModelFiles, max_positions: usize) -> Result<GpuWeights> {
         let cfg = files.config.clone();
@@ -192,59 +253,16 @@ impl GpuWeights {
             let v: Vec<f16> = ck.halfs(t);
             linear::upload_f16_as_f32(gpu, label, &v)
         };
-        let mut layers = Vec::with_capacity(w.layers.len());
+        // Layers are read, repacked and uploaded a few at a time: one after another they took 7.3 s of the
+        // H100 host's load of OpenChat-3.5 (docs/PERF.md), each mostly on one thread. Each in flight holds its
+        // host copies (a few hundred MB for a 7B layer): two at once, up to four with 16 cores or more.
+        let ids: Vec<usize> = (0..w.layers.len()).collect();
+        let threads = (crate::parallel::cores() / 4).clamp(2, 4);
+        let built = crate::parallel::map(&ids, threads, |&i| upload_layer(gpu, files, i))?;
         let mut decode_bytes = 0u64;
-        for (i, l) in w.layers.iter().enumerate() {
-            let p = format!("layers.{i}");
-            // down's act-order moves into gate|up's column order where it is a plain permutation and both
-            // gate and up are GPTQ (prep::input_order).
-            let down_prep = if l.gate_up_gptq() {
-                prepared(files, &l.down)?
-            } else {
-                None
-            };
-            let down_order_vec = down_prep
-                .as_ref()
-                .and_then(prep::input_order)
-                .map(<[u32]>::to_vec);
-            let down_order = down_order_vec.as_deref();
-            let layer = GpuLayer {
-                input_norm: norm(&format!("{p}.input_norm"), &l.input_norm)?,
-                post_norm: norm(&format!("{p}.post_norm"), &l.post_norm)?,
-                qkv: upload_fused(
-                    gpu,
-                    files,
-                    &format!("{p}.qkv"),
-                    &[("q", &l.q), ("k", &l.k), ("v", &l.v)],
-                    None,
-                )?,
-                o: upload_linear(gpu, files, &format!("{p}.o"), &l.o)?,
-                gate_up: upload_fused(
-                    gpu,
-                    files,
-                    &format!("{p}.gate_up"),
-                    &[("gate", &l.gate), ("up", &l.up)],
-                    down_order,
-                )?,
-                down: match down_prep {
-                    Some(mut d) => {
-                        if down_order.is_some() {
-                            // gate|up's columns carry down's act-order: down reads its input as it comes.
-                            d.perm = None;
-                        }
-                        GpuLinear::Gptq(linear::upload_gptq(gpu, &format!("{p}.down"), &d)?)
-                    }
-                    None => upload_linear(gpu, files, &format!("{p}.down"), &l.down)?,
-                },
-            };
-            decode_bytes += layer.qkv.iter().map(|(l, _)| l.weight_bytes()).sum::<u64>()
-                + layer.o.weight_bytes()
-                + layer
-                    .gate_up
-                    .iter()
-                    .map(|(l, _)| l.weight_bytes())
-                    .sum::<u64>()
-                + layer.down.weight_bytes();
+        let mut layers = Vec::with_capacity(built.len());
+        for (layer, bytes) in built {
+            decode_bytes += bytes;
             layers.push(layer);
         }
         // Tied embeddings: the lm_head reads the embedding buffers, no second copy.

@@ -10,7 +10,6 @@ use ash::vk;
 use wgpu::hal::api::Vulkan;
 
 use super::super::context::Gpu;
-use super::super::ops::in_parallel;
 use super::super::shader::{self, Binding, KernelKey};
 use crate::error::{Error, Result};
 
@@ -102,7 +101,7 @@ impl RawKernels {
         todo.sort();
         todo.dedup();
         let done = Mutex::new(Vec::with_capacity(todo.len()));
-        let compiled = in_parallel(&todo, |&key| {
+        let compiled = crate::parallel::for_each(&todo, |&key| {
             let k = self.compile(key)?;
             done.lock()
                 .unwrap_or_else(|e| e.into_inner())
