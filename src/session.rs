@@ -348,16 +348,25 @@ impl Session {
         } else {
             self.plan.decode_list(self.pos)
         };
-        let replay = self.replay.as_ref().filter(|r| prefill && r.has_prefill());
+        // WGPTQ_REPLAY_FED=0 records host-fed decode steps through wgpu (measurements).
+        let fed = !prefill && std::env::var("WGPTQ_REPLAY_FED").map_or(true, |v| v != "0");
+        let replay = self
+            .replay
+            .as_ref()
+            .filter(|r| (prefill && r.has_prefill()) || fed);
         let index = if let Some(replay) = replay {
-            // The recorded chunk: its inputs reach the queue first (an empty submit flushes wgpu's writes), then
-            // the chunk, then the readback copy in a wgpu submission of its own, which the chunk's closing
-            // barrier orders after it.
+            // The recorded chunk or step: its inputs reach the queue first (an empty submit flushes wgpu's
+            // writes), then the recording, then the readback copy in a wgpu submission of its own, which the
+            // recording's closing barrier orders after it.
             // Without a readback nothing waits for this chunk by its index (the next step is ordered after it).
             let flushed = gpu.submit([]);
-            replay.submit_prefill()?;
+            if prefill {
+                replay.submit_prefill()?;
+            } else {
+                replay.submit_fed(self.plan.decode_list_index(self.pos))?;
+            }
             match copy {
-                Some(_) => gpu.submit([ops::encode(gpu, "prefill readback", [], copy)?]),
+                Some(_) => gpu.submit([ops::encode(gpu, "readback", [], copy)?]),
                 None => flushed,
             }
         } else {

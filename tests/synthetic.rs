@@ -317,7 +317,7 @@ fn bench_runs_end_to_end_on_tiny() {
     );
     for d in &r.decode {
         assert!(
-            d.tok_s > 0.0 && d.ms_per_token > 0.0 && d.achieved_gbps > 0.0,
+            d.tok_s > 0.0 && d.ms_per_token > 0.0 && d.achieved_gbps > 0.0 && d.sampled_tok_s > 0.0,
             "{d:?}"
         );
         assert!(

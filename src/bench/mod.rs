@@ -4,8 +4,9 @@
 //! CI and scripts read the same numbers; [`BenchReport::table`] and [`BenchReport::to_json`] render them.
 //!
 //! Timing rules: wall clock for what a user waits for (a whole prefill; a decode run of `decode_tokens` greedy
-//! steps, each ending with its token readback), medians over `runs` after `warmup` runs; GPU timestamps only for
-//! the ceiling and the per-op profile, where the host's share would distort the figure.
+//! steps, each ending with its token readback; as many sampled steps, each reading its logits back for the host
+//! sampler), medians over `runs` after `warmup` runs; GPU timestamps only for the ceiling and the per-op profile,
+//! where the host's share would distort the figure.
 
 mod ceiling;
 mod profile;
@@ -28,7 +29,7 @@ use crate::gpu::linear::GpuLinear;
 use crate::gpu::plan::{GpuWeights, Plan};
 use crate::gpu::{DeviceOptions, Gpu};
 use crate::model::{CheckpointFormat, ModelFiles};
-use crate::sampling::argmax;
+use crate::sampling::{argmax, Sampler, SamplingParams};
 use crate::session::{LoadOptions, Model, Session};
 use profile::ProfileSetup;
 use report::median;
@@ -294,13 +295,17 @@ pub fn run_with_progress(
         let first = argmax(&logits);
         let mut runs_ms = Vec::with_capacity(opts.runs);
         let mut encode_us = Vec::with_capacity(opts.runs);
+        let mut sampled_ms = Vec::with_capacity(opts.runs);
         for run in 0..total_runs {
             let (ms, enc) = decode_run(&mut session, ctx, first, opts.decode_tokens)?;
+            let sampled = sampled_run(&mut session, ctx, first, opts.decode_tokens, opts.seed)?;
             if run >= opts.warmup {
                 runs_ms.push(ms);
                 encode_us.push(enc);
+                sampled_ms.push(sampled);
             }
         }
+        let sampled = median(&sampled_ms);
         let profile = if profiled {
             session.rewind(ctx);
             noted(
@@ -328,6 +333,7 @@ pub fn run_with_progress(
                 0.0
             },
             cpu_encode_us_per_token: median(&encode_us),
+            sampled_tok_s: if sampled > 0.0 { 1e3 / sampled } else { 0.0 },
             runs_ms_per_token: runs_ms,
             profile,
         });
@@ -392,6 +398,32 @@ fn decode_run(session: &mut Session, ctx: usize, first: u32, tokens: usize) -> R
         elapsed.as_secs_f64() * 1e3 / n,
         encode.as_secs_f64() * 1e6 / n,
     ))
+}
+
+/// One timed run of host-sampled decoding from context `ctx` (see [`DecodeResult::sampled_tok_s`]): wall ms per
+/// token.
+fn sampled_run(
+    session: &mut Session,
+    ctx: usize,
+    first: u32,
+    tokens: usize,
+    seed: u64,
+) -> Result<f64> {
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.9,
+        repetition_penalty: 1.0,
+        seed: Some(seed),
+    })?;
+    session.rewind(ctx);
+    let t = Instant::now();
+    let mut id = first;
+    for _ in 0..tokens {
+        let logits = session.decode(id)?;
+        id = sampler.sample(&logits, &[]);
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / tokens.max(1) as f64)
 }
 
 fn model_report(files: &ModelFiles) -> ModelReport {

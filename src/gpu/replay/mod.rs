@@ -12,9 +12,9 @@
 //! encoder was measured first: 0.9% slower decode on the H100, runs 84-85.) The prefill list is recorded once
 //! too: a chunk's inputs are written through wgpu and flushed with an empty wgpu submit, then the chunk is one
 //! submit. Recording its own pipelines, the replay can also make them without robustBufferAccess's per-load
-//! checks (VK_EXT_pipeline_robustness). The wgpu path stays for every other backend, for the first step of a
-//! stream (it writes the input id and the position), for decode steps that read logits back, and for the
-//! profiler.
+//! checks (VK_EXT_pipeline_robustness). Decode steps whose input id and position the host writes (a stream's
+//! first step, steps whose logits the host samples from) replay each decode list as recorded, without the
+//! `advance`, fed like a prefill chunk. The wgpu path stays for every other backend and for the profiler.
 //!
 //! wgpu does not see these submissions, so each command buffer opens and closes with full memory barriers:
 //! what came earlier on the queue (wgpu's writes of the step inputs) is visible to its first dispatch, and what
@@ -53,6 +53,9 @@ pub struct Replay {
     steps: Vec<Vec<Recorded>>,
     /// The prefill list, recorded once (no advance, no copy: the host writes a chunk's inputs through wgpu).
     prefill: Option<Recorded>,
+    /// `[list]`: each decode list as it is, for steps whose input id and position the host writes through wgpu
+    /// (a stream's first step, steps whose logits the host reads back); no advance, no copy.
+    fed: Vec<Recorded>,
     /// Every fence made (destroyed in Drop).
     fences: Vec<vk::Fence>,
     /// The buffers the descriptor sets and copies point at, kept alive as long as the command buffers.
@@ -138,6 +141,7 @@ impl Replay {
             desc_pool: vk::DescriptorPool::null(),
             steps: Vec::new(),
             prefill: None,
+            fed: Vec::new(),
             fences: Vec::new(),
             _buffers: Vec::new(),
         };
@@ -188,6 +192,8 @@ impl Replay {
                 let set = r.descriptor_set(&d.key, &d.bound, &d.label)?;
                 steps.push((set, d.groups));
             }
+            let fed = r.record(&steps[1..], None)?;
+            r.fed.push(fed);
             let mut slots = Vec::new();
             for dst in io.readback {
                 let copy = (out_ids, raw_buffer(dst)?);
@@ -354,6 +360,16 @@ impl Replay {
         self.submit_recorded(self.recorded(list, slot)?)
     }
 
+    /// Submits decode list `list` as recorded, without advancing the position: its inputs (the token, the
+    /// `Step` block) must have reached the queue first, as for [`Replay::submit_prefill`].
+    pub fn submit_fed(&self, list: usize) -> Result<()> {
+        let r = self.fed.get(list).ok_or_else(|| Error::Gpu {
+            op: "vulkan replay".into(),
+            reason: format!("no recorded decode list {list}"),
+        })?;
+        self.submit_recorded(r)
+    }
+
     /// Whether the prefill list was recorded.
     pub fn has_prefill(&self) -> bool {
         self.prefill.is_some()
@@ -418,7 +434,13 @@ impl Drop for Replay {
     fn drop(&mut self) {
         // Submissions of the command buffers may still run: wait for them (and for wgpu's), then destroy
         // (destroying a null handle is a no-op).
-        for r in self.steps.iter().flatten().chain(&self.prefill) {
+        for r in self
+            .steps
+            .iter()
+            .flatten()
+            .chain(&self.prefill)
+            .chain(&self.fed)
+        {
             let _ = self.wait_for(r);
         }
         let _ = self.gpu.device.poll(wgpu::PollType::wait_indefinitely());
