@@ -90,3 +90,41 @@ fn processors_match_transformers() {
     // The vectors must exercise filtering, or the top-k/top-p comparisons prove little.
     assert!(filtered_somewhere > 0);
 }
+
+/// `Sampler::sample` walks the softmax of the live tokens only; it must pick exactly what the walk over the
+/// whole vocabulary's softmax picks, for the same seed, with and without top-k / top-p.
+#[test]
+fn sampler_matches_the_full_softmax_walk() {
+    use rand::{Rng, SeedableRng};
+    let mut gen = rand::rngs::StdRng::seed_from_u64(7);
+    for case in 0..40 {
+        let n = 1000 + case * 37;
+        let logits: Vec<f32> = (0..n).map(|_| gen.random_range(-8.0f32..8.0)).collect();
+        let params = SamplingParams {
+            temperature: [0.7, 1.0, 1.3][case % 3],
+            top_k: [0, 1, 50, 400][case % 4],
+            top_p: [1.0, 0.9, 0.5][case % 3],
+            repetition_penalty: 1.0,
+            seed: Some(case as u64),
+        };
+        let mut sampler = sampling::Sampler::new(params).expect("params");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(case as u64);
+        for _ in 0..20 {
+            let got = sampler.sample(&logits, &[]);
+            let mut l = logits.clone();
+            params.process(&mut l, &[]);
+            let probs = sampling::softmax(&l);
+            let r: f32 = rng.random();
+            let mut cum = 0.0;
+            let mut want = sampling::argmax(&l);
+            for (i, p) in probs.iter().enumerate() {
+                cum += p;
+                if r < cum {
+                    want = i as u32;
+                    break;
+                }
+            }
+            assert_eq!(got, want, "case {case}: {params:?}");
+        }
+    }
+}
