@@ -111,9 +111,12 @@ impl RawKernels {
         let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         for (key, k) in done {
-            if let Some(old) = made.insert(key, k) {
-                // Compiled meanwhile by another session's `get`: keep one.
-                self.destroy(&old);
+            match made.entry(key) {
+                // Compiled meanwhile for another session, whose recordings may use it already: keep that one.
+                std::collections::hash_map::Entry::Occupied(_) => self.destroy(&k),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(k);
+                }
             }
         }
         compiled
