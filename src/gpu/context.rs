@@ -74,7 +74,7 @@ pub struct Caps {
     /// deterministic results: the decode residual GEMVs add their split-K partial sums straight into the residual
     /// stream ([`crate::gpu::linear::Epilogue::ResidualAtomic`]).
     pub float_atomics: bool,
-    /// Greedy decode steps and prefill chunks are replayed from Vulkan command buffers recorded once
+    /// Decode steps and prefill chunks are replayed from Vulkan command buffers recorded once
     /// (`crate::gpu::replay`): a Vulkan adapter, unless the options (or `WGPTQ_REPLAY=0`) ask for wgpu's
     /// recording.
     pub replay: bool,
