@@ -220,37 +220,28 @@ pub fn prepare_gptq(t: &GptqTensors<'_>, quant: &QuantConfig) -> PreparedGptq {
 
     // Repack codes row by row, in parallel over column ranges.
     let mut qweight = vec![0u32; (kp / pf) * n];
-    let threads = std::thread::available_parallelism()
-        .map(|p| p.get())
-        .unwrap_or(1)
-        .min(16);
-    let cols_per = n.div_ceil(threads).max(1);
-    let perm_ref = &perm;
-    let qsrc = t.qweight;
-    let chunks: Vec<(usize, Vec<u32>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .step_by(cols_per)
-            .map(|c0| {
-                s.spawn(move || {
-                    let c1 = (c0 + cols_per).min(n);
-                    let width = c1 - c0;
-                    let mut out = vec![0u32; (kp / pf) * width];
-                    for (r, &src) in perm_ref.iter().enumerate() {
-                        if src == PAD {
-                            continue;
-                        }
-                        let shift = bits * (r % pf);
-                        let orow = &mut out[(r / pf) * width..(r / pf + 1) * width];
-                        for (i, o) in orow.iter_mut().enumerate() {
-                            *o |= code(qsrc, n, bits, src as usize, c0 + i) << shift;
-                        }
-                    }
-                    (c0, out)
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    let cols_per = n.div_ceil(crate::parallel::cores().min(16)).max(1);
+    let starts: Vec<usize> = (0..n).step_by(cols_per).collect();
+    let chunks = crate::parallel::map(&starts, starts.len(), |&c0| {
+        let c1 = (c0 + cols_per).min(n);
+        let width = c1 - c0;
+        let mut out = vec![0u32; (kp / pf) * width];
+        for (r, &src) in perm.iter().enumerate() {
+            if src == PAD {
+                continue;
+            }
+            let shift = bits * (r % pf);
+            let orow = &mut out[(r / pf) * width..(r / pf + 1) * width];
+            for (i, o) in orow.iter_mut().enumerate() {
+                *o |= code(t.qweight, n, bits, src as usize, c0 + i) << shift;
+            }
+        }
+        Ok::<_, std::convert::Infallible>((c0, out))
     });
+    let chunks = match chunks {
+        Ok(c) => c,
+        Err(never) => match never {},
+    };
     for (c0, out) in chunks {
         let width = out.len() / (kp / pf).max(1);
         for r in 0..kp / pf {

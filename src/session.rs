@@ -164,9 +164,12 @@ impl Model {
             })
             .collect::<Vec<_>>();
         let replay = if self.gpu.caps.replay {
-            // WGPTQ_REPLAY_PREFILL=0 records prefill chunks through wgpu (measurements).
+            // WGPTQ_REPLAY_PREFILL=0 records prefill chunks through wgpu, WGPTQ_REPLAY_FED=0 host-fed decode
+            // steps (measurements).
             let prefill = std::env::var("WGPTQ_REPLAY_PREFILL").map_or(true, |v| v != "0");
+            let fed = std::env::var("WGPTQ_REPLAY_FED").map_or(true, |v| v != "0");
             let io = ReplayIo {
+                fed,
                 step: &plan.bufs.step,
                 out_ids: &plan.bufs.out_ids,
                 readback: &id_staging,
@@ -348,12 +351,13 @@ impl Session {
         } else {
             self.plan.decode_list(self.pos)
         };
-        // WGPTQ_REPLAY_FED=0 records host-fed decode steps through wgpu (measurements).
-        let fed = !prefill && std::env::var("WGPTQ_REPLAY_FED").map_or(true, |v| v != "0");
-        let replay = self
-            .replay
-            .as_ref()
-            .filter(|r| (prefill && r.has_prefill()) || fed);
+        let replay = self.replay.as_ref().filter(|r| {
+            if prefill {
+                r.has_prefill()
+            } else {
+                r.has_fed()
+            }
+        });
         let index = if let Some(replay) = replay {
             // The recorded chunk or step: its inputs reach the queue first (an empty submit flushes wgpu's
             // writes), then the recording, then the readback copy in a wgpu submission of its own, which the

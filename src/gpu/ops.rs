@@ -187,8 +187,9 @@ impl Pipelines {
     }
 
     /// Runs `build` with compilation deferred on this thread, then compiles every kernel not compiled yet on all
-    /// cores at once. Why: a model's plan needs dozens of kernel variants, and the driver compiles each for tens
-    /// to hundreds of milliseconds on one thread (2 s for OpenChat-3.5 on the H100 host, docs/PERF.md).
+    /// cores at once. Why: a model's plan needs dozens of kernel variants, and the driver compiles each on one
+    /// thread (OpenChat-3.5's session/plan, these and the replay's, took 3.1-4.5 s one after another on the H100
+    /// host and 0.8-1.1 s together; docs/PERF.md, runs 95-96).
     pub fn deferred<T>(&self, build: impl FnOnce() -> Result<T>) -> Result<T> {
         let was = DEFER.with(|d| d.replace(true));
         let built = build();

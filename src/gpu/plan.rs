@@ -175,14 +175,21 @@ pub fn rope_table(head_dim: usize, theta: f32, positions: usize) -> Vec<[f32; 2]
     t
 }
 
+/// An f16 norm weight of the checkpoint, uploaded as f32.
+fn upload_norm(
+    gpu: &Gpu,
+    files: &ModelFiles,
+    label: &str,
+    t: &crate::model::TensorRef,
+) -> Result<wgpu::Buffer> {
+    let v: Vec<f16> = files.checkpoint.halfs(t);
+    linear::upload_f16_as_f32(gpu, label, &v)
+}
+
 /// Layer `i` of `files`, prepared and uploaded, and the bytes its matrices read per decoded token.
 fn upload_layer(gpu: &Gpu, files: &ModelFiles, i: usize) -> Result<(GpuLayer, u64)> {
-    let ck = &files.checkpoint;
     let l = &files.weights.layers[i];
-    let norm = |label: &str, t: &crate::model::TensorRef| -> Result<wgpu::Buffer> {
-        let v: Vec<f16> = ck.halfs(t);
-        linear::upload_f16_as_f32(gpu, label, &v)
-    };
+    let norm = |label: &str, t| upload_norm(gpu, files, label, t);
     let p = format!("layers.{i}");
     // down's act-order moves into gate|up's column order where it is a plain permutation and both
     // gate and up are GPTQ (prep::input_order).
@@ -249,10 +256,6 @@ impl GpuWeights {
             cfg.hidden_size,
         )?
         .chunks;
-        let norm = |label: &str, t: &crate::model::TensorRef| -> Result<wgpu::Buffer> {
-            let v: Vec<f16> = ck.halfs(t);
-            linear::upload_f16_as_f32(gpu, label, &v)
-        };
         // Layers are read, repacked and uploaded a few at a time: one after another they took 7.3 s of the
         // H100 host's load of OpenChat-3.5 (docs/PERF.md), each mostly on one thread. Each in flight holds its
         // host copies (a few hundred MB for a 7B layer): two at once, up to four with 16 cores or more.
@@ -278,7 +281,7 @@ impl GpuWeights {
         let rope = rope_table(cfg.head_dim, cfg.rope_theta, max_positions);
         let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope))?;
         Ok(GpuWeights {
-            final_norm: norm("final_norm", &w.final_norm)?,
+            final_norm: upload_norm(gpu, files, "final_norm", &w.final_norm)?,
             config: cfg,
             embed,
             layers,

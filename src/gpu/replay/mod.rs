@@ -121,6 +121,8 @@ pub struct ReplayIo<'a> {
     pub readback: &'a [wgpu::Buffer],
     /// The prefill list, recorded as it is where given.
     pub prefill: Option<&'a [Dispatch]>,
+    /// Also record each decode list for host-fed steps ([`Replay::submit_fed`]).
+    pub fed: bool,
 }
 
 impl Replay {
@@ -192,8 +194,10 @@ impl Replay {
                 let set = r.descriptor_set(&d.key, &d.bound, &d.label)?;
                 steps.push((set, d.groups));
             }
-            let fed = r.record(&steps[1..], None)?;
-            r.fed.push(fed);
+            if io.fed {
+                let fed = r.record(&steps[1..], None)?;
+                r.fed.push(fed);
+            }
             let mut slots = Vec::new();
             for dst in io.readback {
                 let copy = (out_ids, raw_buffer(dst)?);
@@ -368,6 +372,11 @@ impl Replay {
             reason: format!("no recorded decode list {list}"),
         })?;
         self.submit_recorded(r)
+    }
+
+    /// Whether the decode lists were recorded for host-fed steps too.
+    pub fn has_fed(&self) -> bool {
+        !self.fed.is_empty()
     }
 
     /// Whether the prefill list was recorded.
